@@ -1,0 +1,158 @@
+"""Checkpoints: plain dicts of tensors, numbers, strings and lists.
+
+They load with ``torch.load(weights_only=True)``, which cannot run code, and hold everything
+needed to use the model later without the training data: the architecture, the config, the
+catalogue track ids and the feature statistics.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepvibe.data import FeatureScaler
+from deepvibe.errors import CheckpointError
+from deepvibe.fileio import atomic_path
+from deepvibe.model import HybridVAE, VAEArch
+
+FORMAT = "deepvibe-checkpoint"
+VERSION = 1
+_REQUIRED = ("format", "version", "arch", "model_state", "epoch", "step", "config", "track_ids")
+
+
+@dataclass
+class Checkpoint:
+    model: HybridVAE
+    arch: VAEArch
+    config: dict[str, Any]
+    epoch: int
+    step: int
+    track_ids: np.ndarray  # (n_tracks,) str, the catalogue in model column order
+    scaler: FeatureScaler
+    track_features: np.ndarray  # (n_tracks, f) standardised catalogue features
+    optimizer_state: dict[str, Any] | None
+    metrics: dict[str, float]
+    best_metric: float
+    path: Path
+    # optional catalogue metadata (for reports that rank the catalogue itself)
+    popularity: np.ndarray | None = None
+    names: np.ndarray | None = None
+    artists: np.ndarray | None = None
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: HybridVAE,
+    *,
+    config: dict[str, Any],
+    epoch: int,
+    step: int,
+    track_ids: np.ndarray,
+    scaler: FeatureScaler,
+    track_features: np.ndarray,
+    optimizer: torch.optim.Optimizer | None = None,
+    metrics: dict[str, float] | None = None,
+    best_metric: float = float("-inf"),
+    popularity: np.ndarray | None = None,
+    names: np.ndarray | None = None,
+    artists: np.ndarray | None = None,
+) -> None:
+    """Write atomically: a kill at any moment leaves the previous file intact."""
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": model.arch.to_dict(),
+        "model_state": model.state_dict(),
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": int(epoch),
+        "step": int(step),
+        "config": config,
+        "track_ids": [str(t) for t in track_ids],
+        "feature_columns": list(scaler.columns),
+        "feature_mean": torch.as_tensor(scaler.mean, dtype=torch.float64),
+        "feature_std": torch.as_tensor(scaler.std, dtype=torch.float64),
+        "track_features": torch.as_tensor(track_features, dtype=torch.float32),
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+        "best_metric": float(best_metric),
+        "popularity": None if popularity is None else torch.as_tensor(popularity, dtype=torch.float32),
+        "names": None if names is None else [str(n) for n in names],
+        "artists": None if artists is None else [str(a) for a in artists],
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(
+            f"{p}: checkpoint not found; train a model first (deepvibe train) or pass --checkpoint"
+        )
+    if p.is_dir():
+        raise CheckpointError(f"{p}: checkpoint path is a directory, expected a .pth file")
+    try:
+        raw = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{p}: refused to load: the file holds Python objects other than tensors and plain "
+            "data (it may try to run code); only use checkpoints deepvibe wrote"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{p}: not a readable checkpoint (truncated or corrupt: {str(exc).splitlines()[0]}); "
+            "use an earlier snapshot or retrain"
+        ) from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not a deepvibe checkpoint")
+    if raw.get("version") != VERSION:
+        raise CheckpointError(
+            f"{p}: checkpoint format version {raw.get('version')!r}, this deepvibe reads "
+            f"{VERSION}; retrain with this version"
+        )
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise CheckpointError(f"{p}: checkpoint lacks {', '.join(missing)}; it is incomplete")
+    try:
+        arch = VAEArch.from_dict(raw["arch"])
+        model = HybridVAE(arch)
+        model.load_state_dict(raw["model_state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{p}: checkpoint weights do not match its architecture ({str(exc).splitlines()[0]})"
+        ) from exc
+    model.eval()
+    track_ids = np.array(raw["track_ids"], dtype=object)
+    if len(track_ids) != arch.n_tracks:
+        raise CheckpointError(f"{p}: checkpoint has {len(track_ids)} track ids for {arch.n_tracks} outputs")
+    columns = tuple(raw.get("feature_columns", ()))
+    scaler = FeatureScaler(columns, raw["feature_mean"].numpy(), raw["feature_std"].numpy())
+
+    def opt_array(key: str) -> np.ndarray | None:
+        v = raw.get(key)
+        if v is None:
+            return None
+        return v.numpy() if isinstance(v, torch.Tensor) else np.array(v, dtype=object)
+
+    return Checkpoint(
+        model=model,
+        arch=arch,
+        config=raw["config"],
+        epoch=int(raw["epoch"]),
+        step=int(raw["step"]),
+        track_ids=track_ids,
+        scaler=scaler,
+        track_features=raw["track_features"].numpy(),
+        optimizer_state=raw.get("optimizer_state"),
+        metrics=dict(raw.get("metrics", {})),
+        best_metric=float(raw.get("best_metric", float("-inf"))),
+        path=p,
+        popularity=opt_array("popularity"),
+        names=opt_array("names"),
+        artists=opt_array("artists"),
+    )

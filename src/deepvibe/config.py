@@ -1,0 +1,232 @@
+"""Typed, frozen configuration read from YAML.
+
+Each section is a frozen pydantic model with ``extra="forbid"``: an unknown key, a wrong type
+or an out-of-range value fails with its dotted path (``train.kl.cycles: ...``), never a silent
+``None``. ``--set section.key=value`` overrides are parsed as YAML scalars and applied before
+validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from deepvibe.errors import ConfigError
+
+DEFAULT_FEATURES: tuple[str, ...] = (
+    "danceability",
+    "energy",
+    "key",
+    "loudness",
+    "mode",
+    "speechiness",
+    "acousticness",
+    "instrumentalness",
+    "liveness",
+    "valence",
+    "tempo",
+    "duration_ms",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DataConfig(_Section):
+    """Where the input tables are and how to read them."""
+
+    interactions: str = "data/full_training_matrix.csv"
+    format: Literal["auto", "wide", "long"] = "auto"
+    user_column: str = "user_id"
+    time_column: str | None = "week"
+    track_column: str = "track_id"
+    plays_column: str | None = "plays"
+    features: str | None = "data/top_10k_features.csv"
+    feature_track_column: str = "track_id"
+    feature_columns: tuple[str, ...] = DEFAULT_FEATURES
+    popularity_column: str | None = "popularity"
+    name_column: str | None = "track_name"
+    artist_column: str | None = "artists"
+    database: str | None = "data/global_tracks.csv"
+    max_tracks: int = Field(10_000, gt=0)
+    min_track_users: int = Field(1, ge=1)
+    min_user_tracks: int = Field(1, ge=1)
+
+
+class ModelConfig(_Section):
+    """Architecture of the hybrid VAE (stored in every checkpoint)."""
+
+    hidden: tuple[int, ...] = (1024, 512)
+    latent: int = Field(256, gt=0)
+    activation: Literal["selu", "tanh"] = "selu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(w <= 0 for w in v):
+            raise ValueError("every hidden width must be a positive integer")
+        return v
+
+
+class KLConfig(_Section):
+    """Cyclical KL annealing (Fu et al. 2019)."""
+
+    beta_max: float = Field(1.0, ge=0.0)
+    cycles: int = Field(4, gt=0)
+    ratio: float = Field(0.5, gt=0.0, le=1.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(50, gt=0)
+    batch_size: int = Field(256, gt=0)
+    lr: float = Field(1e-3, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = Field(0.0, ge=0.0)
+    likelihood: Literal["weighted_mse", "multinomial"] = "weighted_mse"
+    positive_weight: float = Field(40.0, gt=0.0)
+    audio_weight: float = Field(1.0, ge=0.0)
+    input_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    kl: KLConfig = KLConfig()
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    eval_every: int = Field(1, gt=0)
+    snapshot_every: int = Field(10, gt=0)
+    max_grad_norm: float | None = Field(None, gt=0.0)
+
+
+class DiscoverConfig(_Section):
+    temperature: float = Field(0.1, gt=0.0)
+    top_k: int | None = Field(None, gt=0)
+    similarity: Literal["pearson", "cosine"] = "pearson"
+    gems_lambda: float = Field(0.2, ge=0.0)
+    popularity_ceiling: float | None = Field(None, ge=0.0, le=100.0)
+    top_n: int = Field(1000, gt=0)
+    source: Literal["auto", "db", "catalogue"] = "auto"
+    chunk_size: int = Field(262_144, gt=0)
+
+
+class PathsConfig(_Section):
+    models_dir: str = "models"
+    logs_dir: str = "logs"
+    recommendations_dir: str = "recommendations"
+    best_checkpoint: str = "hybrid_deepvibe_best.pth"
+
+
+class Config(_Section):
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    discover: DiscoverConfig = DiscoverConfig()
+    paths: PathsConfig = PathsConfig()
+
+    @property
+    def best_checkpoint_path(self) -> Path:
+        return Path(self.paths.models_dir) / self.paths.best_checkpoint
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return Path(self.paths.models_dir) / "snapshots"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-safe dict (tuples become lists)."""
+        return _plain(self.model_dump())
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _describe(err: dict[str, Any]) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "<root>"
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key; remove it or check its spelling against configs/default.yaml"
+    msg = err["msg"]
+    msg = msg[0].lower() + msg[1:] if msg else msg
+    if msg.startswith("value error, "):
+        msg = msg[len("value error, ") :]
+    return f"{path}: {msg}, got {got!r}"
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a nested dict into a :class:`Config`, raising ConfigError with dotted paths."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {_describe(first)}{extra}") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = _plain(raw) if raw else {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        dotted, value_text = item.split("=", 1)
+        dotted = dotted.strip()
+        if not dotted or any(not part for part in dotted.split(".")):
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else None
+        except yaml.YAMLError:
+            value = value_text
+        node = out
+        parts = dotted.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {dotted}: {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file not found; pass --config with an existing YAML file")
+    if p.is_dir():
+        raise ConfigError(f"{p}: config path is a directory, expected a YAML file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config ({exc})") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections (seed, data, model, train, ...)")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the built-in defaults when ``path`` is None) plus overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+    if overrides:
+        source = f"{source} + --set"
+    return config_from_dict(apply_overrides(raw, overrides), source=source)

@@ -1,0 +1,86 @@
+"""From the config's files to what training needs: the catalogue, the standardised features
+and the user split."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepvibe.config import Config
+from deepvibe.data import (
+    FeatureScaler,
+    Interactions,
+    TrackTable,
+    filter_min_counts,
+    load_catalogue_features,
+    load_interactions,
+    select_catalogue,
+)
+from deepvibe.protocol import split_users
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    interactions: Interactions  # all rows, columns = catalogue (model order)
+    catalogue: TrackTable | None  # raw features + metadata of the catalogue, same order
+    scaler: FeatureScaler
+    track_features: np.ndarray  # (n_tracks, f) float32, standardised
+    user_groups: dict[str, np.ndarray]  # "train", "validation" (and "test") -> user ids
+
+    @property
+    def track_ids(self) -> np.ndarray:
+        return self.interactions.track_ids
+
+    def rows_of(self, group: str) -> np.ndarray:
+        """Boolean mask of the interaction rows whose user is in ``group``."""
+        return np.isin(self.interactions.row_users, self.user_groups[group])
+
+    def summary(self) -> str:
+        m = self.interactions.matrix
+        groups = ", ".join(f"{k} {len(v)}" for k, v in self.user_groups.items())
+        density = m.nnz / max(1, m.shape[0] * m.shape[1])
+        return (
+            f"{m.shape[0]} rows, {len(self.interactions.user_ids)} users ({groups}), "
+            f"{m.shape[1]} catalogue tracks, {m.nnz} interactions (density {density:.4%}), "
+            f"{self.track_features.shape[1]} audio features"
+        )
+
+
+def build_dataset(
+    cfg: Config,
+    interactions: Interactions | None = None,
+    tracks: TrackTable | None = None,
+    test_fraction: float = 0.0,
+) -> Dataset:
+    """Load (unless given), filter, split users by ``cfg.seed`` and fix the catalogue.
+
+    The catalogue is chosen from training users' plays only, so held-out users never shape it.
+    """
+    inter = interactions if interactions is not None else load_interactions(cfg.data)
+    if tracks is None:
+        tracks = load_catalogue_features(cfg.data)
+    inter = filter_min_counts(inter, cfg.data.min_track_users, cfg.data.min_user_tracks)
+    rng = np.random.default_rng(cfg.seed)
+    fractions = (cfg.train.val_fraction,) + ((test_fraction,) if test_fraction > 0 else ())
+    parts = split_users(inter.user_ids, fractions, rng)
+    names = ["train", "validation", "test"][: len(parts)]
+    groups = dict(zip(names, parts, strict=True))
+    train_rows = np.isin(inter.row_users, groups["train"])
+    catalogue_ids = select_catalogue(inter, tracks, cfg.data.max_tracks, train_rows)
+    inter = inter.select_columns(catalogue_ids)
+    if tracks is not None:
+        pos = {t: i for i, t in enumerate(tracks.track_ids)}
+        catalogue = tracks.take(np.array([pos[t] for t in catalogue_ids], dtype=np.int64))
+        scaler = FeatureScaler.fit(catalogue.features, catalogue.feature_columns)
+        feats = scaler.transform(catalogue.features).astype(np.float32)
+    else:
+        catalogue = None
+        scaler = FeatureScaler.fit(np.zeros((len(catalogue_ids), 0)), ())
+        feats = np.zeros((len(catalogue_ids), 0), dtype=np.float32)
+    ds = Dataset(inter, catalogue, scaler, feats, groups)
+    log.info("data: %s", ds.summary())
+    return ds

@@ -1,0 +1,110 @@
+"""Ranking metrics, computed in user chunks with only the top-k kept per chunk.
+
+All metrics use binary relevance (a held-out track is relevant). Recall@k is *truncated*,
+hits / min(k, n_heldout), as in Liang et al. (2018), so a user with 3 held-out tracks can reach
+1.0 at k=20; ``recall_std`` is the textbook hits / n_heldout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+# Scores a chunk of fold-in rows: (chunk, n_tracks) csr -> (chunk, n_tracks) dense scores.
+ScoreFn = Callable[[sp.csr_matrix], np.ndarray]
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores per row, best first: (n, n_tracks) -> (n, k)."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def mask_seen(scores: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
+    """Set the scores of tracks in ``seen`` (the fold-in items) to -inf, in place."""
+    seen = seen.tocoo()
+    scores[seen.row, seen.col] = -np.inf
+    return scores
+
+
+def ndcg_at_k(ranked: np.ndarray, heldout: sp.csr_matrix, k: int) -> np.ndarray:
+    """ranked: (n, >=k) track indices best first; heldout: (n, n_tracks). Returns (n,)."""
+    ranked = ranked[:, :k]
+    hits = np.asarray(heldout[np.arange(ranked.shape[0])[:, None], ranked].todense()) > 0
+    discounts = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
+    dcg = (hits * discounts).sum(axis=1)
+    n_rel = np.minimum(np.diff(heldout.indptr), k)
+    idcg = np.array([discounts[:n].sum() for n in n_rel])
+    return np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
+
+
+def _hits(ranked: np.ndarray, heldout: sp.csr_matrix, k: int) -> np.ndarray:
+    ranked = ranked[:, :k]
+    return (np.asarray(heldout[np.arange(ranked.shape[0])[:, None], ranked].todense()) > 0).sum(1)
+
+
+def recall_at_k(ranked: np.ndarray, heldout: sp.csr_matrix, k: int) -> np.ndarray:
+    """Truncated recall: hits / min(k, n_heldout). Returns (n,)."""
+    n_rel = np.diff(heldout.indptr)
+    denom = np.minimum(k, n_rel)
+    return np.divide(
+        _hits(ranked, heldout, k), denom, out=np.zeros(len(n_rel)), where=denom > 0
+    )
+
+
+def recall_std_at_k(ranked: np.ndarray, heldout: sp.csr_matrix, k: int) -> np.ndarray:
+    """Standard recall: hits / n_heldout. Returns (n,)."""
+    n_rel = np.diff(heldout.indptr)
+    return np.divide(
+        _hits(ranked, heldout, k), n_rel, out=np.zeros(len(n_rel)), where=n_rel > 0
+    )
+
+
+DEFAULT_METRICS = ("ndcg@100", "recall@20", "recall@50")
+
+
+def rank_users(
+    score_fn: ScoreFn, foldin: sp.csr_matrix, k: int, chunk_size: int = 1024
+) -> np.ndarray:
+    """Top-k track indices per fold-in row, fold-in tracks masked; bounded memory."""
+    out = np.empty((foldin.shape[0], min(k, foldin.shape[1])), dtype=np.int64)
+    for start in range(0, foldin.shape[0], chunk_size):
+        rows = foldin[start : start + chunk_size]
+        scores = np.asarray(score_fn(rows), dtype=np.float64)
+        out[start : start + rows.shape[0]] = top_k(mask_seen(scores, rows), k)
+    return out
+
+
+def evaluate_ranking(
+    ranked: np.ndarray, heldout: sp.csr_matrix, names: tuple[str, ...] = DEFAULT_METRICS
+) -> dict[str, float]:
+    """Mean of each named metric over users with at least one held-out track."""
+    heldout = heldout.tocsr()
+    scored = np.diff(heldout.indptr) > 0
+    ranked, heldout = ranked[scored], heldout[scored]
+    out: dict[str, float] = {}
+    for name in names:
+        metric, k_text = name.split("@")
+        k = int(k_text)
+        fn = {"ndcg": ndcg_at_k, "recall": recall_at_k, "recall_std": recall_std_at_k}[metric]
+        values = fn(ranked, heldout, k)
+        out[name] = float(values.mean()) if len(values) else float("nan")
+    return out
+
+
+def evaluate_scorer(
+    score_fn: ScoreFn,
+    foldin: sp.csr_matrix,
+    heldout: sp.csr_matrix,
+    names: tuple[str, ...] = DEFAULT_METRICS,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Rank every track for each fold-in user (fold-in items masked) and score the held-out."""
+    k_max = max(int(n.split("@")[1]) for n in names)
+    ranked = rank_users(score_fn, foldin, k_max, chunk_size)
+    return evaluate_ranking(ranked, heldout, names)
