@@ -174,3 +174,38 @@ def _missing_columns_message(path: Path, what: str, missing: list[str], have: li
         f"{path}: {what} file has no column {', '.join(repr(m) for m in missing)} "
         f"(columns: {shown}); fix the file or the column name in the config"
     )
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formula(text: object) -> object:
+    """Make a cell safe to open in a spreadsheet (OWASP CSV injection).
+
+    Text that starts with ``= + - @``, a tab or a carriage return is prefixed with a single
+    quote so spreadsheet programs show it as text instead of evaluating it. Numbers pass through.
+    """
+    if isinstance(text, str) and text.startswith(_FORMULA_START):
+        return "'" + text
+    return text
+
+
+def safe_path_component(name: str, max_len: int = 100) -> str:
+    """A user id as one harmless path component: no separators, no '..', no control chars."""
+    cleaned = "".join(c if (c.isalnum() or c in "-_.@+") else "_" for c in str(name))
+    cleaned = cleaned.strip(".") or "_"
+    if len(cleaned) > max_len:
+        import hashlib
+
+        digest = hashlib.sha1(str(name).encode("utf-8")).hexdigest()[:10]
+        cleaned = f"{cleaned[: max_len - 11]}_{digest}"
+    return cleaned
+
+
+def path_inside(base: str | os.PathLike[str], *parts: str) -> Path:
+    """``base/part/...`` after checking the result cannot leave ``base``."""
+    root = Path(base).resolve()
+    candidate = root.joinpath(*parts).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise DeepVibeError(f"refusing to write outside {base}: {'/'.join(parts)}")
+    return candidate
