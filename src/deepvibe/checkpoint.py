@@ -80,7 +80,9 @@ def save_checkpoint(
         "track_features": torch.as_tensor(track_features, dtype=torch.float32),
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         "best_metric": float(best_metric),
-        "popularity": None if popularity is None else torch.as_tensor(popularity, dtype=torch.float32),
+        "popularity": None
+        if popularity is None
+        else torch.as_tensor(popularity, dtype=torch.float32),
         "names": None if names is None else [str(n) for n in names],
         "artists": None if artists is None else [str(a) for a in artists],
     }
@@ -129,7 +131,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     model.eval()
     track_ids = np.array(raw["track_ids"], dtype=object)
     if len(track_ids) != arch.n_tracks:
-        raise CheckpointError(f"{p}: checkpoint has {len(track_ids)} track ids for {arch.n_tracks} outputs")
+        raise CheckpointError(
+            f"{p}: checkpoint has {len(track_ids)} track ids for {arch.n_tracks} outputs"
+        )
     columns = tuple(raw.get("feature_columns", ()))
     scaler = FeatureScaler(columns, raw["feature_mean"].numpy(), raw["feature_std"].numpy())
 

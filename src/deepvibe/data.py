@@ -224,7 +224,10 @@ def _load_wide(path: Path, header: list[str], cfg: DataConfig) -> Interactions:
     else:
         try:
             chunks = pd.read_csv(
-                path, dtype=dtypes, chunksize=_WIDE_CHUNK_ROWS, encoding="utf-8",
+                path,
+                dtype=dtypes,
+                chunksize=_WIDE_CHUNK_ROWS,
+                encoding="utf-8",
                 sep=csv_separator(path),
             )
         except (ValueError, OSError) as exc:
@@ -276,7 +279,9 @@ def _load_long(path: Path, header: list[str], cfg: DataConfig) -> Interactions:
     frame = read_table(
         path, "interactions", usecols=cols, dtype={cfg.user_column: str, cfg.track_column: str}
     )
-    return interactions_from_long(frame, cfg.user_column, cfg.track_column, plays_col, time_col, path)
+    return interactions_from_long(
+        frame, cfg.user_column, cfg.track_column, plays_col, time_col, path
+    )
 
 
 def interactions_from_long(
@@ -319,12 +324,16 @@ def interactions_from_long(
     ).tocsr()  # duplicates are summed here
     matrix.sum_duplicates()
     if matrix.nnz < n_pairs:
-        log.warning("%s: %d duplicate rows were merged by summing plays", source, n_pairs - matrix.nnz)
+        log.warning(
+            "%s: %d duplicate rows were merged by summing plays", source, n_pairs - matrix.nnz
+        )
     matrix.eliminate_zeros()
     return Interactions(matrix, row_users, row_times, np.asarray(col_labels, dtype=object))
 
 
-def filter_min_counts(inter: Interactions, min_track_users: int, min_user_tracks: int) -> Interactions:
+def filter_min_counts(
+    inter: Interactions, min_track_users: int, min_user_tracks: int
+) -> Interactions:
     """Drop tracks heard by fewer than ``min_track_users`` users, then users with too few tracks.
 
     One pass in that order, as in the strong-generalization protocol of Liang et al. (2018).

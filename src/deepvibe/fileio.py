@@ -148,9 +148,7 @@ def read_csv_header(path: Path, what: str) -> list[str]:
         with open(path, encoding="utf-8") as fh:
             first = fh.readline()
     except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: {what} file is not UTF-8 text; re-save it as UTF-8 CSV"
-        ) from exc
+        raise DataError(f"{path}: {what} file is not UTF-8 text; re-save it as UTF-8 CSV") from exc
     if not first.strip():
         raise DataError(f"{path}: {what} file has an empty header line")
     sep = csv_separator(path)

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 
-def weighted_mse(scores: torch.Tensor, target: torch.Tensor, positive_weight: float) -> torch.Tensor:
+def weighted_mse(
+    scores: torch.Tensor, target: torch.Tensor, positive_weight: float
+) -> torch.Tensor:
     """sum_i w_i (target_i - score_i)^2 per user, mean over users; w = positive_weight where
     target > 0, else 1. scores, target: (B, n_tracks)."""
     weights = torch.where(target > 0, positive_weight, 1.0)

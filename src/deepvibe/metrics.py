@@ -52,17 +52,13 @@ def recall_at_k(ranked: np.ndarray, heldout: sp.csr_matrix, k: int) -> np.ndarra
     """Truncated recall: hits / min(k, n_heldout). Returns (n,)."""
     n_rel = np.diff(heldout.indptr)
     denom = np.minimum(k, n_rel)
-    return np.divide(
-        _hits(ranked, heldout, k), denom, out=np.zeros(len(n_rel)), where=denom > 0
-    )
+    return np.divide(_hits(ranked, heldout, k), denom, out=np.zeros(len(n_rel)), where=denom > 0)
 
 
 def recall_std_at_k(ranked: np.ndarray, heldout: sp.csr_matrix, k: int) -> np.ndarray:
     """Standard recall: hits / n_heldout. Returns (n,)."""
     n_rel = np.diff(heldout.indptr)
-    return np.divide(
-        _hits(ranked, heldout, k), n_rel, out=np.zeros(len(n_rel)), where=n_rel > 0
-    )
+    return np.divide(_hits(ranked, heldout, k), n_rel, out=np.zeros(len(n_rel)), where=n_rel > 0)
 
 
 DEFAULT_METRICS = ("ndcg@100", "recall@20", "recall@50")

@@ -54,7 +54,9 @@ def _stack(widths: list[int], activation: str, dropout: float) -> nn.Sequential:
             layers.append(nn.SELU() if activation == "selu" else nn.Tanh())
             if dropout > 0:
                 # AlphaDropout keeps SELU's self-normalising mean and variance.
-                layers.append(nn.AlphaDropout(dropout) if activation == "selu" else nn.Dropout(dropout))
+                layers.append(
+                    nn.AlphaDropout(dropout) if activation == "selu" else nn.Dropout(dropout)
+                )
     return nn.Sequential(*layers)
 
 

@@ -68,7 +68,9 @@ def foldin_split(
         held_vals.append(vals[h_idx])
     shape = (len(keep), matrix.shape[1])
 
-    def build(rows: list[np.ndarray], cols: list[np.ndarray], vals: list[np.ndarray]) -> sp.csr_matrix:
+    def build(
+        rows: list[np.ndarray], cols: list[np.ndarray], vals: list[np.ndarray]
+    ) -> sp.csr_matrix:
         if not rows:
             return sp.csr_matrix(shape, dtype=np.float32)
         return sp.csr_matrix(

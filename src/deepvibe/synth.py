@@ -91,9 +91,9 @@ def make_toy_data(
     rank = appeal.argsort().argsort() / max(1, db_tracks - 1)  # 0..1 percentile of appeal
     popularity = np.clip(np.round(100 * rank**2.5 + rng.normal(0, 3, db_tracks)), 0, 100)
     names = np.array([f"Track {i:06d}" for i in range(db_tracks)], dtype=object)
+    artist_no = rng.integers(0, 200, db_tracks)
     artists = np.array(
-        [f"Artist {g}-{a:03d}" for g, a in zip(track_group, rng.integers(0, 200, db_tracks))],
-        dtype=object,
+        [f"Artist {g}-{a:03d}" for g, a in zip(track_group, artist_no, strict=True)], dtype=object
     )
     db = pd.DataFrame({"track_id": ids, **_to_units(z)})
     db["popularity"] = popularity.astype(int)
@@ -118,7 +118,9 @@ def make_toy_data(
         chosen = rng.choice(own, size=n_own, replace=False, p=p)
         others = np.setdiff1d(in_matrix, own)
         if n_off and len(others):
-            chosen = np.concatenate([chosen, rng.choice(others, size=min(n_off, len(others)), replace=False)])
+            chosen = np.concatenate(
+                [chosen, rng.choice(others, size=min(n_off, len(others)), replace=False)]
+            )
         plays = 1 + rng.geometric(0.25, size=len(chosen))
         for w in range(1, weeks + 1):
             vec = np.zeros(tracks, dtype=np.int64)

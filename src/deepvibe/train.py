@@ -77,12 +77,15 @@ def train(
     progress: bool | None = None,
     stop_after_epoch: int | None = None,
     write_files: bool = True,
+    restore_best: bool = False,
 ) -> TrainResult:
     """Train the hybrid VAE described by ``cfg``.
 
     ``progress=None`` shows a bar only on a terminal. ``stop_after_epoch`` ends the run early
     (as if interrupted) after that epoch; ``write_files=False`` keeps checkpoints and logs off
-    disk (used by the evaluation harness).
+    disk (used by the evaluation harness); ``restore_best=True`` keeps a copy of the weights of
+    the best validation epoch in memory and loads it into the returned model (without it the
+    returned model holds the last epoch's weights).
     """
     t = cfg.train
     ds = dataset if dataset is not None else build_dataset(cfg)
@@ -99,6 +102,7 @@ def train(
     total_steps = t.epochs * n_batches
     start_epoch, step, best, best_epoch = 0, 0, float("-inf"), 0
     history: list[dict[str, float]] = []
+    best_state: dict[str, torch.Tensor] | None = None  # only with restore_best
     paths = _Paths(cfg)
 
     if resume is not None:
@@ -194,6 +198,8 @@ def train(
                     best, best_epoch = metrics["ndcg@100"], epoch
                     if write_files:
                         save(paths.best, epoch, metrics)
+                    if restore_best:
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     log.info("epoch %d: new best validation NDCG@100 %.4f", epoch, best)
             row["seconds"] = time.perf_counter() - started
             history.append(row)
@@ -214,6 +220,8 @@ def train(
             epoch, paths.last, done,
         )  # fmt: skip
         epoch = int(done)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return TrainResult(model, ds, int(epoch), step, best, best_epoch, history, interrupted)
 
 
