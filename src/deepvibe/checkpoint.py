@@ -8,7 +8,8 @@ catalogue track ids and the feature statistics.
 from __future__ import annotations
 
 import pickle
-import zipfile
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from deepvibe.model import HybridVAE, VAEArch
 
 FORMAT = "deepvibe-checkpoint"
 VERSION = 1
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _REQUIRED = ("format", "version", "arch", "model_state", "epoch", "step", "config", "track_ids")
 
 
@@ -44,6 +46,8 @@ class Checkpoint:
     popularity: np.ndarray | None = None
     names: np.ndarray | None = None
     artists: np.ndarray | None = None
+    # set only in a snapshot taken inside an epoch (Ctrl-C): where to pick the epoch up again
+    resume_state: dict[str, Any] | None = None
 
 
 def save_checkpoint(
@@ -62,8 +66,13 @@ def save_checkpoint(
     popularity: np.ndarray | None = None,
     names: np.ndarray | None = None,
     artists: np.ndarray | None = None,
+    resume_state: dict[str, Any] | None = None,
 ) -> None:
-    """Write atomically: a kill at any moment leaves the previous file intact."""
+    """Write atomically: a kill at any moment leaves the previous file intact.
+
+    ``resume_state`` (tensors, numbers and strings only) marks a snapshot taken inside an
+    epoch; :func:`deepvibe.train.train` uses it to continue from the same batch.
+    """
     payload: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -85,12 +94,24 @@ def save_checkpoint(
         else torch.as_tensor(popularity, dtype=torch.float32),
         "names": None if names is None else [str(n) for n in names],
         "artists": None if artists is None else [str(a) for a in artists],
+        "resume_state": resume_state,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except (OSError, RuntimeError) as exc:  # disk full, quota, I/O error inside torch.save
+        raise CheckpointError(
+            f"{path}: cannot write checkpoint ({' '.join(str(exc).split())[:200]}); the previous "
+            "file, if any, is unchanged; free disk space or choose another paths.models_dir"
+        ) from exc
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint that deepvibe wrote; anything else is refused with a CheckpointError.
+
+    ``torch.load(weights_only=True)`` only rebuilds tensors and plain containers, so a file
+    crafted to run code when unpickled is rejected before any of it runs.
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(
@@ -98,20 +119,31 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     if p.is_dir():
         raise CheckpointError(f"{p}: checkpoint path is a directory, expected a .pth file")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: checkpoint file is empty; use an earlier snapshot or retrain")
     try:
-        raw = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
+            raw = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = _UNSAFE_GLOBAL.search(str(exc))
+        reason = (
+            f"it refers to {found.group(1)}, which could run code"
+            if found
+            else "it holds data the safe loader does not accept, or is corrupt"
+        )
         raise CheckpointError(
-            f"{p}: refused to load: the file holds Python objects other than tensors and plain "
-            "data (it may try to run code); only use checkpoints deepvibe wrote"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+            f"{p}: refused to load: {reason}; only use checkpoints deepvibe wrote"
+        ) from None
+    except PermissionError as exc:
+        raise CheckpointError(f"{p}: checkpoint is not readable ({exc.strerror})") from None
+    except Exception as exc:  # zip, EOF, key and index errors from truncated or foreign files
         raise CheckpointError(
-            f"{p}: not a readable checkpoint (truncated or corrupt: {str(exc).splitlines()[0]}); "
-            "use an earlier snapshot or retrain"
-        ) from exc
+            f"{p}: not a readable checkpoint (truncated or not a checkpoint: "
+            f"{_short(exc)}); use an earlier snapshot or retrain"
+        ) from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"{p}: not a deepvibe checkpoint")
+        raise CheckpointError(f"{p}: not a deepvibe checkpoint (no deepvibe format marker)")
     if raw.get("version") != VERSION:
         raise CheckpointError(
             f"{p}: checkpoint format version {raw.get('version')!r}, this deepvibe reads "
@@ -121,21 +153,54 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if missing:
         raise CheckpointError(f"{p}: checkpoint lacks {', '.join(missing)}; it is incomplete")
     try:
+        return _from_payload(raw, p)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, IndexError) as exc:
+        raise CheckpointError(
+            f"{p}: checkpoint contents are malformed ({_short(exc)}); use an earlier snapshot "
+            "or retrain"
+        ) from None
+
+
+def _short(exc: BaseException) -> str:
+    """``Type: message`` on one line, cut to a readable length."""
+    text = " ".join(str(exc).split())
+    text = (text[:160] + "...") if len(text) > 160 else text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _from_payload(raw: dict[str, Any], p: Path) -> Checkpoint:
+    try:
         arch = VAEArch.from_dict(raw["arch"])
         model = HybridVAE(arch)
         model.load_state_dict(raw["model_state"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
-            f"{p}: checkpoint weights do not match its architecture ({str(exc).splitlines()[0]})"
-        ) from exc
+            f"{p}: checkpoint weights do not match its architecture ({_short(exc)})"
+        ) from None
+    if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()):
+        raise CheckpointError(
+            f"{p}: checkpoint holds NaN or infinite weights (saved from a diverged run); use "
+            "an earlier snapshot or retrain"
+        )
     model.eval()
     track_ids = np.array(raw["track_ids"], dtype=object)
     if len(track_ids) != arch.n_tracks:
         raise CheckpointError(
             f"{p}: checkpoint has {len(track_ids)} track ids for {arch.n_tracks} outputs"
         )
-    columns = tuple(raw.get("feature_columns", ()))
+    columns = tuple(str(c) for c in raw.get("feature_columns", ()))
     scaler = FeatureScaler(columns, raw["feature_mean"].numpy(), raw["feature_std"].numpy())
+    track_features = raw["track_features"].numpy()
+    if track_features.shape != (arch.n_tracks, arch.n_features) or len(columns) != arch.n_features:
+        raise CheckpointError(
+            f"{p}: checkpoint catalogue features have shape {track_features.shape} and "
+            f"{len(columns)} column names for a model of {arch.n_tracks} tracks x "
+            f"{arch.n_features} features; it is inconsistent"
+        )
+    if not isinstance(raw["config"], dict):
+        raise CheckpointError(f"{p}: checkpoint config is not a mapping")
 
     def opt_array(key: str) -> np.ndarray | None:
         v = raw.get(key)
@@ -151,12 +216,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         step=int(raw["step"]),
         track_ids=track_ids,
         scaler=scaler,
-        track_features=raw["track_features"].numpy(),
+        track_features=track_features,
         optimizer_state=raw.get("optimizer_state"),
-        metrics=dict(raw.get("metrics", {})),
+        metrics=dict(raw.get("metrics") or {}),
         best_metric=float(raw.get("best_metric", float("-inf"))),
         path=p,
         popularity=opt_array("popularity"),
         names=opt_array("names"),
         artists=opt_array("artists"),
+        resume_state=raw.get("resume_state"),
     )

@@ -33,7 +33,7 @@ DEFAULT_FEATURES: tuple[str, ...] = (
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -55,6 +55,14 @@ class DataConfig(_Section):
     max_tracks: int = Field(10_000, gt=0)
     min_track_users: int = Field(1, ge=1)
     min_user_tracks: int = Field(1, ge=1)
+
+    @field_validator("feature_columns")
+    @classmethod
+    def _distinct_features(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        dupes = sorted({c for c in v if v.count(c) > 1})
+        if dupes:
+            raise ValueError(f"feature column(s) listed twice: {', '.join(dupes)}")
+        return v
 
 
 class ModelConfig(_Section):
@@ -101,8 +109,8 @@ class TrainConfig(_Section):
 
 class DiscoverConfig(_Section):
     temperature: float = Field(0.1, gt=0.0)
-    top_k: int | None = Field(None, gt=0)
-    similarity: Literal["pearson", "cosine"] = "pearson"
+    top_k: int | None = Field(30, gt=0)  # default measured: docs/BENCHMARKS.md, Discovery scan
+    similarity: Literal["pearson", "cosine"] = "cosine"
     gems_lambda: float = Field(0.2, ge=0.0)
     popularity_ceiling: float | None = Field(None, ge=0.0, le=100.0)
     top_n: int = Field(1000, gt=0)
@@ -159,10 +167,17 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{path}: {msg}, got {got!r}"
 
 
+_SECTIONS = ("data", "model", "train", "discover", "paths")
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate a nested dict into a :class:`Config`, raising ConfigError with dotted paths."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    # A section left empty (``train:`` with every key commented out) means "all defaults".
+    raw = {k: v for k, v in raw.items() if not (v is None and k in _SECTIONS)}
+    if isinstance(raw.get("train"), dict) and "kl" in raw["train"] and raw["train"]["kl"] is None:
+        raw = {**raw, "train": {k: v for k, v in raw["train"].items() if k != "kl"}}
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -206,9 +221,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         raise ConfigError(f"{p}: config path is a directory, expected a YAML file")
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read config ({exc})") from exc
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = text_line_of(p, exc.start)
+        raise ConfigError(
+            f"{p}: config is not UTF-8 text (line {line}); re-save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{p}: cannot read config ({exc.strerror or exc}); check its permissions"
+        ) from None
+    if not text.strip():
+        raise ConfigError(
+            f"{p}: config file is empty; fill it in (see configs/default.yaml) or leave out "
+            "--config to use the defaults"
+        )
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -221,6 +248,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping of sections (seed, data, model, train, ...)")
     return raw
+
+
+def text_line_of(path: Path, byte_offset: int) -> int:
+    """1-based line number of a byte offset in a file (for encoding errors)."""
+    try:
+        return path.read_bytes()[:byte_offset].count(b"\n") + 1
+    except OSError:
+        return 1
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

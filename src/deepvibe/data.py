@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,15 @@ import scipy.sparse as sp
 
 from deepvibe.config import DataConfig
 from deepvibe.errors import DataError
-from deepvibe.fileio import check_input_file, csv_separator, is_parquet, read_csv_header, read_table
+from deepvibe.fileio import (
+    check_input_file,
+    csv_separator,
+    first_line,
+    is_parquet,
+    not_utf8_error,
+    read_csv_header,
+    read_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +217,12 @@ def _load_wide(path: Path, header: list[str], cfg: DataConfig) -> Interactions:
     track_cols = [c for c in header if c not in id_cols]
     if not track_cols:
         raise DataError(f"{path}: wide interactions file has no track columns after the ids")
+    unnamed = [i for i, c in enumerate(header) if c.startswith("Unnamed: ") or not c.strip()]
+    if unnamed:
+        raise DataError(
+            f"{path}: column {unnamed[0] + 1} of the interactions header has no name; every "
+            "column after the ids must be a track id (remove index columns or trailing commas)"
+        )
     track_ids = np.array([normalize_track_id(c) for c in track_cols], dtype=object)
     uniq, counts = np.unique(track_ids, return_counts=True)
     if (counts > 1).any():
@@ -227,11 +242,13 @@ def _load_wide(path: Path, header: list[str], cfg: DataConfig) -> Interactions:
                 path,
                 dtype=dtypes,
                 chunksize=_WIDE_CHUNK_ROWS,
-                encoding="utf-8",
+                encoding="utf-8-sig",
                 sep=csv_separator(path),
             )
+        except UnicodeDecodeError as exc:
+            raise not_utf8_error(path, "interactions") from exc
         except (ValueError, OSError) as exc:
-            raise DataError(f"{path}: cannot parse interactions file ({exc})") from exc
+            raise DataError(f"{path}: cannot parse interactions file ({first_line(exc)})") from exc
     offset = 0
     try:
         for chunk in chunks:
@@ -242,13 +259,60 @@ def _load_wide(path: Path, header: list[str], cfg: DataConfig) -> Interactions:
             if len(id_cols) == 2:
                 times.append(_time_values(chunk[id_cols[1]], path, id_cols[1], offset))
             offset += len(chunk)
-    except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: cannot parse interactions file ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(path, "interactions") from exc
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise DataError(f"{path}: cannot parse interactions file ({first_line(exc)})") from None
     if offset == 0:
         raise DataError(f"{path}: interactions file has a header but no rows")
     matrix = sp.vstack(blocks).tocsr()
     row_times = np.concatenate(times) if times else None
-    return Interactions(matrix, np.concatenate(users), row_times, track_ids)
+    inter = Interactions(matrix, np.concatenate(users), row_times, track_ids)
+    return _drop_duplicate_rows(inter, path, id_cols)
+
+
+def _drop_duplicate_rows(inter: Interactions, path: Path, id_cols: list[str]) -> Interactions:
+    """Repair exact copies of a wide row; refuse two different rows for the same key.
+
+    The key is (user) or (user, time). An exact copy (e.g. a file concatenated twice) is
+    dropped with a warning that counts them; two rows for one key that disagree cannot be
+    merged safely, so the error names both lines.
+    """
+    if inter.row_times is None:
+        keys = pd.Index(inter.row_users)
+    else:
+        keys = pd.MultiIndex.from_arrays([inter.row_users, inter.row_times])
+    dup = np.asarray(keys.duplicated(keep="first"))
+    if not dup.any():
+        return inter
+    codes, _ = pd.factorize(keys)
+    first_of: dict[int, int] = {}
+    for r, code in enumerate(codes):
+        first_of.setdefault(int(code), r)
+    m = inter.matrix
+    for r in np.flatnonzero(dup):
+        f = first_of[int(codes[r])]
+        if (m[r] != m[f]).nnz:
+            values = keys[r] if inter.row_times is not None else (keys[r],)
+            key = " and ".join(f"{c} {_label(v)}" for c, v in zip(id_cols, values, strict=True))
+            raise DataError(
+                f"{path}: rows {f + 2} and {r + 2} have the same {key} but different plays; "
+                "merge them into one row (or set data.time_column if they are different weeks)"
+            )
+    log.warning(
+        "%s: dropped %d duplicate rows (same %s and the same plays)",
+        path, int(dup.sum()), " and ".join(id_cols),
+    )  # fmt: skip
+    return inter.select_rows(~dup)
+
+
+def _label(value: object) -> str:
+    """A cell value for a message: 3 rather than np.float64(3.0), quotes around text."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float, np.number)):
+        return str(value)
+    return repr(str(value))
 
 
 def _user_labels(col: pd.Series, path: Path, name: str, offset: int) -> np.ndarray:
@@ -265,10 +329,15 @@ def _time_values(col: pd.Series, path: Path, name: str, offset: int) -> np.ndarr
     numeric = pd.to_numeric(col, errors="coerce")
     if numeric.notna().all():
         return numeric.to_numpy(dtype=np.float64)
-    stamps = pd.to_datetime(col, errors="coerce", utc=True)
+    text = col.astype(str).str.strip()
+    if text.str.fullmatch(r"\d{4}-W\d{2}").all():
+        return text.to_numpy(dtype=object)  # ISO weeks such as 2024-W07 sort as text
+    with warnings.catch_warnings():  # "could not infer format": we only test parseability
+        warnings.simplefilter("ignore", UserWarning)
+        stamps = pd.to_datetime(col, errors="coerce", utc=True, format="mixed")
     if stamps.notna().all():
         return stamps.astype("int64").to_numpy(dtype=np.float64)
-    return col.astype(str).to_numpy(dtype=object)  # ISO weeks such as 2024-W07 sort as text
+    return text.to_numpy(dtype=object)  # other labels sort as text
 
 
 def _load_long(path: Path, header: list[str], cfg: DataConfig) -> Interactions:
@@ -346,12 +415,21 @@ def filter_min_counts(
         inter = Interactions(
             inter.matrix[:, keep].tocsr(), inter.row_users, inter.row_times, inter.track_ids[keep]
         )
-    if min_user_tracks > 1:
-        per_row = np.diff(inter.matrix.indptr)
-        inter = inter.select_rows(per_row >= min_user_tracks)
+    # A row with no plays (an empty history) teaches nothing and cannot be scored: drop it.
+    per_row = np.diff(inter.matrix.indptr)
+    empty = per_row == 0
+    if empty.any():
+        log.warning(
+            "%d of %d interaction rows have no plays (empty histories) and were skipped",
+            int(empty.sum()), len(per_row),
+        )  # fmt: skip
+    keep_rows = per_row >= max(1, min_user_tracks)
+    if not keep_rows.all():
+        inter = inter.select_rows(keep_rows)
     if inter.matrix.shape[0] == 0 or inter.matrix.shape[1] == 0:
         raise DataError(
-            "no interactions left after data.min_track_users / data.min_user_tracks; lower them"
+            "no interactions left after data.min_track_users / data.min_user_tracks "
+            "(or every row is empty); lower them or check the interactions file"
         )
     return inter
 
@@ -368,10 +446,14 @@ def load_track_table(
     artist_column: str | None = None,
     what: str = "track features",
     drop_incomplete: bool = False,
+    max_incomplete: float = 1.0,
 ) -> TrackTable:
     """Read a track table. NaN or non-numeric features are an error unless ``drop_incomplete``.
 
-    Duplicate track ids keep their first row, with a warning.
+    With ``drop_incomplete`` such rows are skipped with a warning that counts them, as long as
+    they are at most ``max_incomplete`` of the rows (more suggests a wrong column or a broken
+    file, and is an error naming the first bad cell). Duplicate track ids keep their first row,
+    with a warning.
     """
     p = check_input_file(path, what)
     header = read_csv_header(p, what)
@@ -384,49 +466,54 @@ def load_track_table(
             f"(columns: {shown}); fix the file or data.feature_columns / the id column setting"
         )
     optional = [c for c in (popularity_column, name_column, artist_column) if c and c in header]
+    optional = list(dict.fromkeys(c for c in optional if c not in required))
     frame = read_table(p, what, usecols=required + optional, dtype={track_column: str})
     if len(frame) == 0:
         raise DataError(f"{p}: {what} file has a header but no rows")
     ids = frame[track_column]
-    if ids.isna().any():
-        r = int(np.flatnonzero(ids.isna().to_numpy())[0])
+    blank = ids.isna() | (ids.astype(str).str.strip() == "")
+    if blank.any():
+        r = int(np.flatnonzero(blank.to_numpy())[0])
         raise DataError(f"{p}: column {track_column!r} row {r + 2} has no track id")
     track_ids = np.array([normalize_track_id(t) for t in ids], dtype=object)
     feats = np.empty((len(frame), len(feature_columns)), dtype=np.float64)
     complete = np.ones(len(frame), dtype=bool)
+    first_bad: tuple[int, str, str] | None = None  # (row index, column, what is wrong with it)
+
+    def note(bad: np.ndarray, col: str, problem: str) -> None:
+        nonlocal first_bad, complete
+        if not bad.any():
+            return
+        r = int(np.flatnonzero(bad)[0])
+        if first_bad is None or r < first_bad[0]:
+            first_bad = (r, col, problem)
+        if not drop_incomplete:
+            raise DataError(f"{p}: column {col!r} row {r + 2} {problem}")
+        complete &= ~bad
+
     for j, col in enumerate(feature_columns):
         values = pd.to_numeric(frame[col], errors="coerce")
-        non_numeric = values.isna() & frame[col].notna()
+        non_numeric = (values.isna() & frame[col].notna()).to_numpy()
         if non_numeric.any():
-            r = int(np.flatnonzero(non_numeric.to_numpy())[0])
-            if not drop_incomplete:
-                raise DataError(
-                    f"{p}: column {col!r} row {r + 2} is not a number ({frame[col].iloc[r]!r}); "
-                    "audio features must be numeric"
-                )
+            r = int(np.flatnonzero(non_numeric)[0])
+            note(
+                non_numeric, col,
+                f"is not a number ({frame[col].iloc[r]!r}); audio features must be numeric",
+            )  # fmt: skip
         arr = values.to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(arr)
-        if bad.any() and not drop_incomplete:
-            r = int(np.flatnonzero(bad)[0])
-            raise DataError(
-                f"{p}: column {col!r} row {r + 2} is missing, NaN or infinite; "
-                "fill or drop that track"
-            )
-        complete &= ~bad
+        note(~np.isfinite(arr), col, "is missing, NaN or infinite; fill or drop that track")
         feats[:, j] = arr
     popularity = None
     if popularity_column and popularity_column in frame.columns:
         pop = pd.to_numeric(frame[popularity_column], errors="coerce").to_numpy(dtype=np.float64)
-        if not drop_incomplete and (~np.isfinite(pop)).any():
-            r = int(np.flatnonzero(~np.isfinite(pop))[0])
-            raise DataError(f"{p}: column {popularity_column!r} row {r + 2} is not a number")
-        if (np.isfinite(pop) & ((pop < 0) | (pop > 100))).any():
-            r = int(np.flatnonzero((pop < 0) | (pop > 100))[0])
+        note(~np.isfinite(pop), popularity_column, "is not a number; popularity must be 0..100")
+        out_of_range = np.isfinite(pop) & ((pop < 0) | (pop > 100))
+        if out_of_range.any():
+            r = int(np.flatnonzero(out_of_range)[0])
             raise DataError(
                 f"{p}: column {popularity_column!r} row {r + 2} is {pop[r]}; "
                 "popularity must be in 0..100"
             )
-        complete &= np.isfinite(pop) if drop_incomplete else True
         popularity = pop
 
     def text(col: str | None) -> np.ndarray | None:
@@ -437,15 +524,21 @@ def load_track_table(
     table = TrackTable(
         track_ids, feats, tuple(feature_columns), popularity, text(name_column), text(artist_column)
     )
-    if drop_incomplete and not complete.all():
+    n_bad = int((~complete).sum())
+    if n_bad and first_bad is not None:
+        r, col, problem = first_bad
+        where = f"first: column {col!r} row {r + 2} {problem.split(';')[0]}"
+        if n_bad == len(complete) or n_bad > max_incomplete * len(complete):
+            raise DataError(
+                f"{p}: {n_bad} of {len(complete)} {what} rows have missing or non-numeric "
+                f"values ({where}); check the file and data.feature_columns"
+            )
         log.warning(
-            "%s: skipped %d of %d rows with missing or non-numeric features",
-            p,
-            int((~complete).sum()),
-            len(complete),
-        )
+            "%s: skipped %d of %d rows with missing or non-numeric values (%s)",
+            p, n_bad, len(complete), where,
+        )  # fmt: skip
         table = table.take(np.flatnonzero(complete))
-    _, first = np.unique(table.track_ids, return_index=True)
+    _, first = np.unique(table.track_ids.astype(str), return_index=True)
     if len(first) < len(table.track_ids):
         log.warning(
             "%s: %d duplicate track ids; kept the first row of each",
@@ -453,13 +546,15 @@ def load_track_table(
             len(table.track_ids) - len(first),
         )
         table = table.take(np.sort(first))
-    if len(table.track_ids) == 0:
-        raise DataError(f"{p}: no {what} rows with complete features")
     return table
 
 
 def load_catalogue_features(cfg: DataConfig) -> TrackTable | None:
-    """The features table of the config, or None for pure collaborative filtering."""
+    """The features table of the config, or None for pure collaborative filtering.
+
+    A few rows with missing or non-numeric values (at most 10%) are skipped with a warning;
+    those tracks then count as tracks without features.
+    """
     if not cfg.features or not cfg.feature_columns:
         return None
     return load_track_table(
@@ -469,36 +564,45 @@ def load_catalogue_features(cfg: DataConfig) -> TrackTable | None:
         cfg.popularity_column,
         cfg.name_column,
         cfg.artist_column,
+        drop_incomplete=True,
+        max_incomplete=0.1,
     )
 
 
 def select_catalogue(
-    inter: Interactions, tracks: TrackTable | None, max_tracks: int, count_rows: np.ndarray
+    inter: Interactions,
+    tracks: TrackTable | None,
+    max_tracks: int,
+    count_rows: np.ndarray,
+    sources: tuple[str, str] = ("interactions", "features table"),
 ) -> np.ndarray:
     """The ``max_tracks`` most-played track ids that have features, most played first.
 
     ``count_rows`` (bool mask over rows) says whose plays count: only training users', so the
-    vocabulary never peeks at held-out users.
+    vocabulary never peeks at held-out users. ``sources`` names the two files in messages.
     """
     plays = np.asarray(inter.matrix[count_rows].sum(axis=0)).ravel()
     candidates = plays > 0
     if tracks is not None:
         has_features = np.isin(inter.track_ids, tracks.track_ids)
         n_missing = int((candidates & ~has_features).sum())
-        if n_missing and not has_features.any():
+        if n_missing and not (candidates & has_features).any():
             raise DataError(
-                "no track in the interactions has a row in the features table: the track ids do "
-                "not overlap; check data.track_column / data.feature_track_column"
+                f"no played track in {sources[0]} has a row in {sources[1]}: the track ids do "
+                f"not overlap (e.g. {inter.track_ids[0]!r} vs {tracks.track_ids[0]!r}); check "
+                "the files and data.track_column / data.feature_track_column"
             )
         if n_missing:
+            lost = plays[candidates & ~has_features].sum() / max(plays[candidates].sum(), 1e-12)
             log.warning(
-                "%d played tracks have no audio features and were left out of the catalogue",
-                n_missing,
-            )
+                "%d of %d played tracks in %s have no audio features in %s (%.1f%% of plays); "
+                "they were left out of the catalogue",
+                n_missing, int(candidates.sum()), sources[0], sources[1], 100 * lost,
+            )  # fmt: skip
         candidates &= has_features
     idx = np.flatnonzero(candidates)
     if len(idx) == 0:
-        raise DataError("no played track is eligible for the catalogue")
+        raise DataError(f"no played track in {sources[0]} is eligible for the catalogue")
     # Most plays first; ties broken by track id so the order never depends on file order.
     order = np.lexsort((inter.track_ids[idx].astype(str), -plays[idx]))
     return inter.track_ids[idx[order[:max_tracks]]]

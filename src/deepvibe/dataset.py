@@ -18,6 +18,7 @@ from deepvibe.data import (
     load_interactions,
     select_catalogue,
 )
+from deepvibe.errors import DataError
 from deepvibe.protocol import split_users
 
 log = logging.getLogger(__name__)
@@ -60,17 +61,24 @@ def build_dataset(
 
     The catalogue is chosen from training users' plays only, so held-out users never shape it.
     """
+    sources = (
+        "interactions" if interactions is not None else str(cfg.data.interactions),
+        "the features table" if tracks is not None else str(cfg.data.features),
+    )
     inter = interactions if interactions is not None else load_interactions(cfg.data)
     if tracks is None:
         tracks = load_catalogue_features(cfg.data)
     inter = filter_min_counts(inter, cfg.data.min_track_users, cfg.data.min_user_tracks)
     rng = np.random.default_rng(cfg.seed)
     fractions = (cfg.train.val_fraction,) + ((test_fraction,) if test_fraction > 0 else ())
-    parts = split_users(inter.user_ids, fractions, rng)
+    try:
+        parts = split_users(inter.user_ids, fractions, rng)
+    except ValueError as exc:
+        raise DataError(f"{sources[0]}: too few users to split ({exc}); add users") from None
     names = ["train", "validation", "test"][: len(parts)]
     groups = dict(zip(names, parts, strict=True))
     train_rows = np.isin(inter.row_users, groups["train"])
-    catalogue_ids = select_catalogue(inter, tracks, cfg.data.max_tracks, train_rows)
+    catalogue_ids = select_catalogue(inter, tracks, cfg.data.max_tracks, train_rows, sources)
     inter = inter.select_columns(catalogue_ids)
     if tracks is not None:
         pos = {t: i for i, t in enumerate(tracks.track_ids)}

@@ -8,6 +8,7 @@ leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import os
 import tempfile
@@ -30,13 +31,9 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
     target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DeepVibeError(
-            f"{target.parent}: cannot create output folder ({exc.strerror}); "
-            "choose a writable location"
-        ) from exc
+    if target.is_dir():
+        raise DeepVibeError(f"{target}: is a folder; give a file name to write to")
+    _make_folder(target.parent, "output folder")
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
@@ -51,10 +48,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+        _fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -70,9 +78,53 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write ``frame`` as UTF-8 CSV atomically.
+
+    A bare carriage return inside a text cell is written as a newline: the CSV writer quotes
+    cells holding the line terminator (``\n``) but not ``\r``, which a reader or spreadsheet
+    would take as the end of the row (and a crafted name could start a new row there).
+    """
+    text_cols = [
+        c
+        for c in frame.columns
+        if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype)
+    ]
+    fix = [c for c in text_cols if frame[c].map(lambda v: isinstance(v, str) and "\r" in v).any()]
+    if fix:
+        frame = frame.copy()
+        for c in fix:
+            frame[c] = frame[c].map(
+                lambda v: v.replace("\r\n", "\n").replace("\r", "\n") if isinstance(v, str) else v
+            )
     buf = io.StringIO()
     frame.to_csv(buf, index=False)
     write_text_atomic(path, buf.getvalue())
+
+
+def _make_folder(folder: Path, what: str) -> None:
+    """``mkdir -p`` with a one-line error naming the folder (or the file in its way)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else exc.strerror
+        raise DeepVibeError(
+            f"{folder}: cannot create the {what} ({reason}); choose a writable location"
+        ) from exc
+
+
+def ensure_writable_dir(path: str | os.PathLike[str], what: str) -> Path:
+    """Create ``path`` if needed and prove a file can be written there (then remove it)."""
+    folder = Path(path)
+    _make_folder(folder, what)
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise DeepVibeError(
+            f"{folder}: cannot write to the {what} ({exc.strerror}); choose a writable location"
+        ) from exc
+    return folder
 
 
 def check_input_file(path: str | os.PathLike[str], what: str) -> Path:
@@ -82,6 +134,8 @@ def check_input_file(path: str | os.PathLike[str], what: str) -> Path:
         raise DataError(f"{p}: {what} file not found; check the path in your config or flags")
     if p.is_dir():
         raise DataError(f"{p}: {what} path is a directory, expected a file")
+    if not p.is_file():
+        raise DataError(f"{p}: {what} path is not a regular file (a pipe or device?)")
     if not os.access(p, os.R_OK):
         raise DataError(f"{p}: {what} file is not readable; check its permissions")
     if p.stat().st_size == 0:
@@ -120,50 +174,94 @@ def read_table(
             missing = [c for c in usecols if c not in header]
             if missing:
                 raise DataError(_missing_columns_message(p, what, missing, header))
-        return pd.read_csv(p, usecols=usecols, dtype=dtype, encoding="utf-8", sep=csv_separator(p))
+        return pd.read_csv(
+            p, usecols=usecols, dtype=dtype, encoding="utf-8-sig", sep=csv_separator(p)
+        )
     except DeepVibeError:
         raise
     except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{p}: {what} file is not UTF-8 text (byte {exc.start}); re-save it as UTF-8 CSV"
-        ) from exc
+        raise not_utf8_error(p, what) from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{p}: cannot parse {what} file ({first})") from exc
+        raise DataError(f"{p}: cannot parse {what} file ({first_line(exc)})") from exc
     except Exception as exc:  # pyarrow raises its own types for corrupt Parquet
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{p}: cannot read {what} file ({first})") from exc
+        raise DataError(f"{p}: cannot read {what} file ({first_line(exc)})") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message squeezed onto one line (pandas' parser errors span two)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def not_utf8_error(path: Path, what: str) -> DataError:
+    """A DataError naming the first line that is not valid UTF-8 (found by rescanning)."""
+    where = ""
+    with contextlib.suppress(OSError), open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                where = f" (line {number}, byte 0x{raw[exc.start]:02x})"
+                break
+    return DataError(
+        f"{path}: {what} file is not UTF-8 text{where}; re-save it as UTF-8 "
+        "(e.g. iconv -f latin1 -t utf-8)"
+    )
 
 
 def read_csv_header(path: Path, what: str) -> list[str]:
-    """Column names of a CSV (or Parquet) file, with a hint when the delimiter looks wrong."""
+    """Column names of a CSV (or Parquet) file, with a hint when the delimiter looks wrong.
+
+    Duplicated or empty names are reported here, before pandas silently renames them
+    (``a``, ``a.1``; ``Unnamed: 3``).
+    """
     if is_parquet(path):
         import pyarrow.parquet as pq
 
         try:
-            return list(pq.read_schema(path).names)
+            names = [str(c) for c in pq.read_schema(path).names]
         except Exception as exc:
-            raise DataError(f"{path}: cannot read {what} Parquet schema ({exc})") from exc
+            raise DataError(
+                f"{path}: cannot read {what} Parquet schema ({first_line(exc)})"
+            ) from exc
+        _check_duplicates(path, what, names)
+        return names
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
             first = fh.readline()
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: {what} file is not UTF-8 text; re-save it as UTF-8 CSV") from exc
+        raise not_utf8_error(path, what) from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what} file ({exc.strerror})") from exc
     if not first.strip():
         raise DataError(f"{path}: {what} file has an empty header line")
+    if "\x00" in first:
+        raise DataError(f"{path}: {what} file is binary, not CSV text; give a CSV or Parquet file")
     sep = csv_separator(path)
-    header = pd.read_csv(io.StringIO(first), nrows=0, sep=sep).columns.tolist()
+    try:
+        raw = next(csv.reader(io.StringIO(first), delimiter=sep))
+    except (csv.Error, StopIteration) as exc:
+        raise DataError(f"{path}: cannot parse the header of the {what} file ({exc})") from exc
+    # Named as pandas names them: empty names become 'Unnamed: i'.
+    header = [c if c.strip() else f"Unnamed: {i}" for i, c in enumerate(raw)]
     if len(header) == 1 and sep == ",":
-        for sep, name in (("\t", "tab"), (";", "semicolon"), ("|", "pipe")):
-            if sep in first:
+        for other, name in (("\t", "tab"), (";", "semicolon"), ("|", "pipe")):
+            if other in first:
                 raise DataError(
                     f"{path}: {what} file looks {name}-separated; deepvibe reads comma-separated "
                     "CSV or Parquet, so convert it first"
                 )
-    dupes = sorted({c for c in header if header.count(c) > 1})
+    _check_duplicates(path, what, header)
+    return header
+
+
+def _check_duplicates(path: Path, what: str, header: list[str]) -> None:
+    dupes = sorted({c for c in header if header.count(c) > 1 and c})
     if dupes:
-        raise DataError(f"{path}: duplicated column(s) {', '.join(dupes)} in {what} file")
-    return [str(c) for c in header]
+        raise DataError(
+            f"{path}: duplicated column(s) {', '.join(repr(d) for d in dupes)} in the {what} "
+            "header; rename or remove the copies"
+        )
 
 
 def _missing_columns_message(path: Path, what: str, missing: list[str], have: list[str]) -> str:
@@ -174,24 +272,33 @@ def _missing_columns_message(path: Path, what: str, missing: list[str], have: li
     )
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# OWASP's list plus the full-width forms (U+FF1D/0B/0D/20) that some spreadsheets also accept.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
 def neutralise_formula(text: object) -> object:
     """Make a cell safe to open in a spreadsheet (OWASP CSV injection).
 
-    Text that starts with ``= + - @``, a tab or a carriage return is prefixed with a single
-    quote so spreadsheet programs show it as text instead of evaluating it. Numbers pass through.
+    Text that starts with ``= + - @`` (ASCII or full-width), a tab, CR or LF is prefixed with a
+    single quote so spreadsheet programs show it as text instead of evaluating it. Numbers pass
+    through.
     """
     if isinstance(text, str) and text.startswith(_FORMULA_START):
         return "'" + text
     return text
 
 
+_WINDOWS_DEVICES = frozenset(
+    {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
+)
+
+
 def safe_path_component(name: str, max_len: int = 100) -> str:
     """A user id as one harmless path component: no separators, no '..', no control chars."""
     cleaned = "".join(c if (c.isalnum() or c in "-_.@+") else "_" for c in str(name))
     cleaned = cleaned.strip(".") or "_"
+    if cleaned.split(".")[0].upper() in _WINDOWS_DEVICES:
+        cleaned = "_" + cleaned  # CON, NUL, COM1... name devices on Windows
     if len(cleaned) > max_len:
         import hashlib
 
