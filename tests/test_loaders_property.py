@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,8 +27,9 @@ from deepvibe.errors import CheckpointError, ConfigError, DataError, DeepVibeErr
 from deepvibe.fileio import read_table
 from deepvibe.model import HybridVAE, VAEArch
 
+# 60 examples keep the file to seconds; DEEPVIBE_HYPOTHESIS_EXAMPLES=2000 searches harder.
 SETTINGS = settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("DEEPVIBE_HYPOTHESIS_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

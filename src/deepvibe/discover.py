@@ -408,24 +408,51 @@ class TrackDatabase:
 
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         """Yield (first_row, raw features (c, f) float32, popularity (c,) or None) for
-        consecutive chunks of at most ``chunk_size`` rows; memory is O(chunk_size)."""
-        import pyarrow.parquet as pq
+        consecutive chunks of ``chunk_size`` rows (the last may be shorter).
 
-        names = [_feature_name(j) for j in range(len(self.feature_columns))]
+        Reads one Parquet row group at a time (only the feature and popularity columns), so
+        memory is O(chunk_size + row group), whatever the database size. (pyarrow's
+        ``iter_batches`` was measured to grow with the file, so it is not used.)
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        n_feat = len(self.feature_columns)
+        names = [_feature_name(j) for j in range(n_feat)]
         if self.has_popularity:
             names.append("popularity")
+        feats_buf: list[np.ndarray] = []
+        pop_buf: list[np.ndarray] = []
+        buffered = 0
         start = 0
-        with pq.ParquetFile(self.path, memory_map=False) as pf:
-            for batch in pf.iter_batches(batch_size=chunk_size, columns=names, use_threads=False):
-                c = batch.num_rows
-                feats = np.empty((c, len(self.feature_columns)), dtype=np.float32)
-                for j in range(len(self.feature_columns)):
-                    feats[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
-                pop = None
+
+        def emit(n: int) -> tuple[int, np.ndarray, np.ndarray | None]:
+            nonlocal feats_buf, pop_buf, buffered, start
+            feats = np.concatenate(feats_buf) if len(feats_buf) > 1 else feats_buf[0]
+            pop = None
+            if self.has_popularity:
+                pop = np.concatenate(pop_buf) if len(pop_buf) > 1 else pop_buf[0]
+                pop_buf = [pop[n:]] if len(pop) > n else []
+            feats_buf = [feats[n:]] if len(feats) > n else []
+            buffered -= n
+            out = (start, feats[:n], None if pop is None else pop[:n])
+            start += n
+            return out
+
+        with pq_file(self.path) as pf:
+            for g in range(pf.num_row_groups):
+                table = pf.read_row_group(g, columns=names, use_threads=False)
+                feats = np.empty((table.num_rows, n_feat), dtype=np.float32)
+                for j in range(n_feat):
+                    feats[:, j] = table.column(j).to_numpy()
+                feats_buf.append(feats)
                 if self.has_popularity:
-                    pop = batch.column(len(self.feature_columns)).to_numpy(zero_copy_only=False)
-                yield start, feats, pop
-                start += c
+                    pop_buf.append(table.column(n_feat).to_numpy().astype(np.float32))
+                buffered += table.num_rows
+                del table
+                while buffered >= chunk_size:
+                    yield emit(chunk_size)
+        if buffered:
+            yield emit(buffered)
 
     def take(self, rows: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
         """Selected rows (database row numbers) in the order given; reads only the row
@@ -443,7 +470,7 @@ class TrackDatabase:
         assert self._row_groups is not None
         group_of = np.searchsorted(self._row_groups, uniq, side="right") - 1
         parts: list[pd.DataFrame] = []
-        with pq.ParquetFile(self.path, memory_map=False) as pf:
+        with pq_file(self.path) as pf:
             for g in np.unique(group_of):
                 local = uniq[group_of == g] - self._row_groups[g]
                 frame = pf.read_row_group(int(g), columns=columns).take(local).to_pandas()
@@ -458,6 +485,13 @@ class TrackDatabase:
         """Where values (f,) in original units sit in the database: 0..100 per feature
         (mid-rank, so a value shared by many tracks lands in the middle of its tie)."""
         return percentiles_from_quantiles(self.quantiles, raw_values)
+
+
+def pq_file(path: Path):  # noqa: ANN201 - a pyarrow.parquet.ParquetFile
+    """The cache opened for plain reads (no memory map, no pre-buffering of the file)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path, memory_map=False, pre_buffer=False)
 
 
 def percentiles_from_quantiles(quantiles: np.ndarray, raw_values: np.ndarray) -> np.ndarray:

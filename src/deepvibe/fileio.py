@@ -242,6 +242,10 @@ def read_csv_header(path: Path, what: str) -> list[str]:
         raw = next(csv.reader(io.StringIO(first), delimiter=sep))
     except (csv.Error, StopIteration) as exc:
         raise DataError(f"{path}: cannot parse the header of the {what} file ({exc})") from exc
+    if any("\n" in c or "\r" in c for c in raw):
+        raise DataError(
+            f'{path}: the header line of the {what} file has an unclosed quote ("); fix the header'
+        )
     # Named as pandas names them: empty names become 'Unnamed: i'.
     header = [c if c.strip() else f"Unnamed: {i}" for i, c in enumerate(raw)]
     if len(header) == 1 and sep == ",":
