@@ -8,3 +8,10 @@ mkdir -p "$DIR"
 cd "$DIR"
 deepvibe synth --out data --seed 0
 deepvibe train --config "$ROOT/configs/toy.yaml"
+# Discover for one user in both modes; the model, its config and the database are found from
+# the best checkpoint (models/hybrid_deepvibe_best.pth), so no flags are needed.
+deepvibe discover user_1
+deepvibe discover user_1 --gems
+echo
+echo "reports written to $DIR/recommendations/user_1/:"
+ls -1 recommendations/user_1

@@ -172,9 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         db_csv = Path(tmp) / "tracks.csv"
-        tracks.rename(
-            columns={"track_popularity": "popularity", "track_artist": "artists"}
-        ).to_csv(db_csv, index=False)
+        renamed = {"track_popularity": "popularity", "track_artist": "artists"}
+        tracks.rename(columns=renamed).to_csv(db_csv, index=False)
         db = dv.TrackDatabase.open(db_csv, DEFAULT_FEATURES)
         for seed in args.seeds:
             top_ks = [None if k == "all" else int(k) for k in args.top_ks]

@@ -161,8 +161,8 @@ def test_history_user_gets_recommendations_without_retraining(run, finder, toy, 
     out = tmp_path / "recs"
     res = CliRunner().invoke(
         app,
-        ["discover", "--history", str(hist), "--checkpoint", str(ck_path), "--no-progress",
-         "--top", "50", "--set", f"paths.recommendations_dir={out}"],
+        ["discover", "--all", "--history", str(hist), "--checkpoint", str(ck_path),
+         "--no-progress", "--top", "50", "--set", f"paths.recommendations_dir={out}"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "4 played tracks are not in the model's catalogue" in res.output

@@ -408,7 +408,8 @@ class TrackDatabase:
 
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         """Yield (first_row, raw features (c, f) float32, popularity (c,) or None) for
-        consecutive chunks of ``chunk_size`` rows (the last may be shorter).
+        consecutive chunks of ``chunk_size`` rows (the last may be shorter). The features are
+        a transposed view of a column-major (f, c) block.
 
         Reads one Parquet row group at a time (only the feature and popularity columns), so
         memory is O(chunk_size + row group), whatever the database size. (pyarrow's
@@ -420,45 +421,42 @@ class TrackDatabase:
         names = [_feature_name(j) for j in range(n_feat)]
         if self.has_popularity:
             names.append("popularity")
-        feats_buf: list[np.ndarray] = []
-        pop_buf: list[np.ndarray] = []
-        buffered = 0
+
+        # Features are filled column by column into an (f, chunk) block: each copy is
+        # contiguous, and the scan works on contiguous columns. A fresh block per chunk, so a
+        # caller may keep what it was given.
+        def new_block() -> tuple[np.ndarray, np.ndarray | None]:
+            size = min(chunk_size, self.n_tracks - start)
+            pop = np.empty(size, dtype=np.float32) if self.has_popularity else None
+            return np.empty((n_feat, size), dtype=np.float32), pop
+
         start = 0
-
-        def emit(n: int) -> tuple[int, np.ndarray, np.ndarray | None]:
-            nonlocal feats_buf, pop_buf, buffered, start
-            feats = np.concatenate(feats_buf) if len(feats_buf) > 1 else feats_buf[0]
-            pop = None
-            if self.has_popularity:
-                pop = np.concatenate(pop_buf) if len(pop_buf) > 1 else pop_buf[0]
-                pop_buf = [pop[n:]] if len(pop) > n else []
-            feats_buf = [feats[n:]] if len(feats) > n else []
-            buffered -= n
-            out = (start, feats[:n], None if pop is None else pop[:n])
-            start += n
-            return out
-
+        feats, pop = new_block()
+        fill = 0
         with pq_file(self.path) as pf:
             for g in range(pf.num_row_groups):
                 table = pf.read_row_group(g, columns=names, use_threads=False)
-                feats = np.empty((table.num_rows, n_feat), dtype=np.float32)
-                for j in range(n_feat):
-                    feats[:, j] = table.column(j).to_numpy()
-                feats_buf.append(feats)
-                if self.has_popularity:
-                    pop_buf.append(table.column(n_feat).to_numpy().astype(np.float32))
-                buffered += table.num_rows
+                offset = 0
+                while offset < table.num_rows:
+                    take = min(feats.shape[1] - fill, table.num_rows - offset)
+                    for j in range(n_feat):
+                        feats[j, fill : fill + take] = table.column(j).slice(offset, take)
+                    if pop is not None:
+                        pop[fill : fill + take] = table.column(n_feat).slice(offset, take)
+                    fill += take
+                    offset += take
+                    if fill == feats.shape[1]:
+                        yield start, feats.T, pop
+                        start += fill
+                        fill = 0
+                        if start < self.n_tracks:
+                            feats, pop = new_block()
                 del table
-                while buffered >= chunk_size:
-                    yield emit(chunk_size)
-        if buffered:
-            yield emit(buffered)
 
     def take(self, rows: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
         """Selected rows (database row numbers) in the order given; reads only the row
         groups that hold them. Columns: track_id and whichever of track_name, artists,
         popularity exist (default), or ``columns``."""
-        import pyarrow.parquet as pq
 
         rows = np.asarray(rows, dtype=np.int64)
         if columns is None:
@@ -535,7 +533,7 @@ def scan_database(
     score = similarity - lambda * popularity / 100 (and applies ``popularity_ceiling``).
     Memory is O(chunk_size * f + B * (n + extra)) plus one (users x chunk) block of scores,
     whatever the database size. ``extra`` leaves room to drop history tracks afterwards.
-    Ties are broken by database row, so the result is deterministic.
+    The result is deterministic: hits are ordered by score, then database row.
     """
     from tqdm.auto import tqdm
 
@@ -566,7 +564,7 @@ def scan_database(
     )  # fmt: skip
     try:
         for start, raw, pop in db.chunks(chunk_size):
-            feats = _unit_rows((raw - mean) * inv_std, method)  # (c, f) float32
+            feats = _unit_columns(raw.T, mean, inv_std, method)  # (f, c) float32
             penalty = None
             allowed = None
             if gems:
@@ -576,7 +574,7 @@ def scan_database(
                     allowed = pop <= popularity_ceiling
             new_score, new_sim, new_row = [], [], []
             for b0 in range(0, n_users, users_per_block):
-                sims = unit[b0 : b0 + users_per_block] @ feats.T  # (ub, c)
+                sims = unit[b0 : b0 + users_per_block] @ feats  # (ub, c)
                 score = sims if penalty is None else sims - penalty
                 if allowed is not None:
                     score = np.where(allowed, score, -np.inf)
@@ -597,6 +595,8 @@ def scan_database(
                 cand_row = np.take_along_axis(cand_row, keep, axis=1)
             best_score, best_sim, best_row = cand_score, cand_sim, cand_row
             bar.update(raw.shape[0])
+            # Drop this chunk's arrays before the next chunk is read: peak = one chunk.
+            del raw, pop, feats, penalty, allowed, sims, score, part, new_score, new_sim, new_row
     finally:
         bar.close()
     out = []
@@ -605,6 +605,20 @@ def scan_database(
         order = order[np.isfinite(best_score[u][order])]
         out.append(ScanHits(best_row[u][order], best_sim[u][order], best_score[u][order]))
     return out
+
+
+def _unit_columns(
+    raw: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, method: Method
+) -> np.ndarray:
+    """Raw features (f, c) -> standardised, centred over features (Pearson) and scaled to
+    unit length per track (column); the scan's hot loop, so in place on one new array."""
+    x = raw - mean[:, None]
+    x *= inv_std[:, None]
+    if method == "pearson":
+        x -= x.mean(axis=0)
+    norms = np.sqrt(np.einsum("ij,ij->j", x, x))
+    x *= np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 1e-12)
+    return x
 
 
 def _top_rows(score: np.ndarray, row: np.ndarray, k: int) -> np.ndarray:
@@ -700,10 +714,16 @@ def align_users(
         shape=(len(ids), len(catalogue_ids)),
         dtype=np.float32,
     )
+    # Every row of each wanted user, found in one pass over the rows.
+    codes, labels = pd.factorize(pd.Series(inter.row_users, dtype=object))
+    position = {u: i for i, u in enumerate(labels)}
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(labels) + 1))
     history: list[set[str]] = []
     unknown = np.zeros(len(ids), dtype=np.int64)
     for i, u in enumerate(ids):
-        user_rows = np.flatnonzero(inter.row_users == u)
+        c = position[u]
+        user_rows = order[bounds[c] : bounds[c + 1]]
         cols = np.unique(inter.matrix[user_rows].indices)
         history.append(set(inter.track_ids[cols].tolist()))
         unknown[i] = int((mapping[cols] < 0).sum())
