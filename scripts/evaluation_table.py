@@ -77,6 +77,8 @@ def main() -> None:
     reports = [json.loads(p.read_text()) for p in args.reports]
     wanted = args.models.split(",") if args.models else None
     header = ["model"] + [label for *_, label in columns] + ["peak RSS MiB", "seeds"]
+    # peak RSS: the process's peak right after the model's fit on the first seed (monotone over
+    # a run, so only the first model fitted in a process has a figure of its own); "–" if none.
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for path, rep in zip(args.reports, reports, strict=True):
@@ -94,7 +96,12 @@ def main() -> None:
                 for sec, key, _ in columns
             ]
             seeds = ",".join(str(x) for x in rep["protocol"]["seeds"])
-            print(f"| {label} | " + " | ".join(cells) + f" | {rep['peak_rss_mb']:.0f} | {seeds} |")
+            peak = rep["runs"][0]["models"].get(model, {}).get("info", {}).get("peak_rss_mb")
+            if args.section == "cold":
+                info = rep["runs"][0].get("cold_start", {}).get("models", {}).get(model, {})
+                peak = info.get("info", {}).get("peak_rss_mb")
+            peak_text = "–" if peak is None else f"{peak:.0f}"
+            print(f"| {label} | " + " | ".join(cells) + f" | {peak_text} | {seeds} |")
         del path
 
 

@@ -244,6 +244,8 @@ def run_seed(
         "validation_scored": int(val.foldin.shape[0]),
         "test_scored": int(test.foldin.shape[0]),
         "reported_on": report_group,
+        # the process's peak before any model is fitted: data, split, imported libraries
+        "peak_rss_mb_before_models": peak_rss_mb(),
     }
     log.info("seed %d: %s", cfg.seed, ", ".join(f"{k} {v}" for k, v in split.items()))
     models: dict[str, ModelResult] = {}
