@@ -32,6 +32,7 @@ RUNS=(
   "lr3e-4|--baselines none --set train.lr=0.0003"
   "epochs50|--baselines none --set train.epochs=50"
   "tanh|--baselines none --set model.activation=tanh"
+  "alphadropout0.2|--baselines none --set model.dropout=0.2"
   "multinomial-dropout0.5-beta0.2|--baselines none --set train.likelihood=multinomial --set train.input_dropout=0.5 --set train.kl.beta_max=0.2"
 )
 

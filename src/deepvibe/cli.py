@@ -416,7 +416,8 @@ def evaluate(
         ),
     ] = "all",
     seeds: Annotated[
-        int, typer.Option("--seeds", min=1, help="Repeat split + training with seeds seed..seed+N-1.")
+        int,
+        typer.Option("--seeds", min=1, help="Repeat split + training with seeds seed..seed+N-1."),
     ] = 1,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write every number, config and version here.")
@@ -458,7 +459,9 @@ def evaluate(
         try:
             lambdas = tuple(float(x) for x in ease_lambdas.split(",") if x.strip())
         except ValueError:
-            raise ConfigError(f"--ease-lambdas: expected numbers like 100,500, got {ease_lambdas!r}") from None
+            raise ConfigError(
+                f"--ease-lambdas: expected numbers like 100,500, got {ease_lambdas!r}"
+            ) from None
         if not lambdas or min(lambdas) <= 0:
             raise ConfigError(f"--ease-lambdas: expected positive numbers, got {ease_lambdas!r}")
     settings = EvalSettings(
