@@ -15,6 +15,7 @@ indices and scores sorted descending. Every model treats any play as a 1.
 
 from __future__ import annotations
 
+import abc
 import logging
 from dataclasses import dataclass
 
@@ -35,17 +36,18 @@ def binarize(user_items: sp.spmatrix) -> sp.csr_matrix:
     return m
 
 
-class Recommender:
+class Recommender(abc.ABC):
     """Base class: subclasses implement ``fit`` and ``score``."""
 
     name = "recommender"
 
+    @abc.abstractmethod
     def fit(self, user_items: sp.csr_matrix) -> Recommender:
-        raise NotImplementedError
+        """Learn from a (n_users, n_items) training matrix; returns self."""
 
+    @abc.abstractmethod
     def score(self, foldin: sp.csr_matrix) -> np.ndarray:
         """(n_users, n_items) plays -> (n_users, n_items) dense scores, higher is better."""
-        raise NotImplementedError
 
     def recommend(
         self, user_items: sp.csr_matrix, n: int = 10, filter_already_liked_items: bool = True
