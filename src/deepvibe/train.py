@@ -206,6 +206,11 @@ def train(
             return "no checkpoint of this run was written yet"
         return f"the last good state is kept in {snapshot}"
 
+    def schedules(at: int) -> tuple[float, float]:
+        """(beta, learning rate) at optimisation step ``at``."""
+        beta = cyclical_beta(at, total_steps, t.kl.cycles, t.kl.ratio, t.kl.beta_max)
+        return beta, learning_rate(at, total_steps, t.lr, t.lr_schedule)
+
     bar_disable = None if progress is None else not progress  # tqdm: None = off when not a tty
     epoch = start_epoch
     interrupted = False
@@ -226,8 +231,7 @@ def train(
                     torch.set_rng_state(resume_state["torch_rng"])  # type: ignore[arg-type]
                     started -= float(resume_state["seconds"])  # type: ignore[arg-type]
                     resume_state = None
-                beta = cyclical_beta(step, total_steps, t.kl.cycles, t.kl.ratio, t.kl.beta_max)
-                lr = learning_rate(step, total_steps, t.lr, t.lr_schedule)
+                beta, lr = schedules(step)  # defined even if a resumed epoch has no batch left
                 bar = tqdm(
                     range(first_batch, n_batches), desc=f"epoch {epoch}/{t.epochs}",
                     leave=False, disable=bar_disable, unit="batch", initial=first_batch,
@@ -243,8 +247,7 @@ def train(
                     noised = plays * keep
                     profile_in = audio_profile(noised, feats)
                     profile_target = audio_profile(plays, feats)
-                    beta = cyclical_beta(step, total_steps, t.kl.cycles, t.kl.ratio, t.kl.beta_max)
-                    lr = learning_rate(step, total_steps, t.lr, t.lr_schedule)
+                    beta, lr = schedules(step)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
 
