@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepvibe import discover as dv
 from deepvibe.config import DEFAULT_FEATURES
-from deepvibe.data import FeatureScaler, TrackTable
-from deepvibe.synth import make_toy_data
+from deepvibe.data.synth import make_toy_data
+from deepvibe.data.tables import FeatureScaler, TrackTable
+from deepvibe.discovery import discoverer as dv
 
 FEATURES = DEFAULT_FEATURES
 N_REPORT = 1000  # rows per report, the default top_n

@@ -34,13 +34,13 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from deepvibe import discover as dv
 from deepvibe.config import DEFAULT_FEATURES, load_config
-from deepvibe.data import FeatureScaler, Interactions, TrackTable
-from deepvibe.dataset import Dataset
-from deepvibe.metrics import evaluate_ranking, mask_seen, top_k
-from deepvibe.protocol import foldin_split
-from deepvibe.train import train
+from deepvibe.data.dataset import Dataset
+from deepvibe.data.tables import FeatureScaler, Interactions, TrackTable
+from deepvibe.discovery import discoverer as dv
+from deepvibe.ranking.metrics import evaluate_ranking, mask_seen, top_k
+from deepvibe.ranking.protocol import foldin_split
+from deepvibe.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "spotify-2024"

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepvibe import discover as dv
 from deepvibe.config import load_config
-from deepvibe.synth import make_toy_data, write_toy_data
-from deepvibe.train import train
+from deepvibe.data.synth import make_toy_data, write_toy_data
+from deepvibe.discovery import discoverer as dv
+from deepvibe.training.train import train
 
 GRID = [(0.01, None), (0.1, None), (1.0, None), (0.1, 10), (0.3, 10), (1.0, 10), (1.0, 30)]
 MODELS = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deepvibe.config import Config, load_config
-from deepvibe.synth import ToyData, make_toy_data, write_toy_data
+from deepvibe.data.synth import ToyData, make_toy_data, write_toy_data
 
 torch.set_num_threads(1)  # the suite shares 2 cores; small models gain nothing from more
 

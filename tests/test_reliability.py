@@ -16,9 +16,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import deepvibe.train as train_module
+import deepvibe.training.train as train_module
 from conftest import small_config
-from deepvibe.checkpoint import load_checkpoint
 from deepvibe.cli import app
 from deepvibe.errors import CheckpointError, DeepVibeError, TrainingDiverged
 from deepvibe.fileio import (
@@ -29,7 +28,8 @@ from deepvibe.fileio import (
     write_csv_atomic,
     write_text_atomic,
 )
-from deepvibe.train import train
+from deepvibe.training.checkpoint import load_checkpoint
+from deepvibe.training.train import train
 
 # The toy world of conftest: 400 users x 2 weeks, 10% validation -> 720 training rows,
 # batch 64 -> 12 steps per epoch.
@@ -324,7 +324,7 @@ def test_checkpoint_with_foreign_or_inconsistent_payload(good_checkpoint: Path, 
 def test_checkpoint_write_failure_keeps_previous_file(
     good_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deepvibe import checkpoint as ck_module
+    from deepvibe.training import checkpoint as ck_module
 
     target = tmp_path / "last.pth"
     target.write_bytes(good_checkpoint.read_bytes())
@@ -421,12 +421,12 @@ def _unsafe_writes(source: str) -> list[int]:
 def test_every_writer_in_the_package_is_atomic() -> None:
     src = Path(__file__).resolve().parents[1] / "src" / "deepvibe"
     offenders = {}
-    for path in sorted(src.glob("*.py")):
+    for path in sorted(src.rglob("*.py")):
         if path.name == "fileio.py":  # defines the atomic helpers themselves
             continue
         lines = _unsafe_writes(path.read_text(encoding="utf-8"))
         if lines:
-            offenders[path.name] = lines
+            offenders[str(path.relative_to(src))] = lines
     assert offenders == {}, f"non-atomic writes (use deepvibe.fileio helpers): {offenders}"
 
 

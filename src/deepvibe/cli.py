@@ -104,7 +104,7 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Write toy data in the original layout: matrix, catalogue features, global database."""
-    from deepvibe.synth import make_toy_data, write_toy_data
+    from deepvibe.data.synth import make_toy_data, write_toy_data
 
     if db_tracks < tracks:
         raise fail(f"--db-tracks ({db_tracks}) must be at least --tracks ({tracks})", 2)
@@ -133,7 +133,7 @@ def train(
     """Train the hybrid VAE; keep the best checkpoint by validation NDCG@100."""
     from deepvibe.fileio import ensure_writable_dir
     from deepvibe.logs import file_log
-    from deepvibe.train import train as run_training
+    from deepvibe.training.train import train as run_training
 
     cfg = load_cfg(config, set_)
     logs_dir = ensure_writable_dir(cfg.paths.logs_dir, "log folder (paths.logs_dir)")
@@ -231,8 +231,8 @@ def prepare(
     ] = False,
 ) -> None:
     """Turn long tables, track dumps and Spotify downloads into the files train reads."""
-    from deepvibe.prepare import PrepareOptions, TableColumns, TrackColumns
-    from deepvibe.prepare import prepare as run_prepare
+    from deepvibe.prepare.pipeline import PrepareOptions, TableColumns, TrackColumns
+    from deepvibe.prepare.pipeline import prepare as run_prepare
 
     features = None
     if feature_cols is not None:
@@ -316,9 +316,8 @@ def discover(
     ] = None,
 ) -> None:
     """Recommend tracks by Vibe DNA; write recommendations/{user}/{user}_{epoch}_{mode}.csv."""
-    from deepvibe.checkpoint import load_checkpoint
     from deepvibe.config import apply_overrides, config_from_dict
-    from deepvibe.discover import (
+    from deepvibe.discovery.discoverer import (
         Discoverer,
         align_users,
         checkpoint_label,
@@ -328,6 +327,7 @@ def discover(
         load_training_users,
         write_report,
     )
+    from deepvibe.training.checkpoint import load_checkpoint
 
     if user_ids and all_users:
         raise fail("give USER_IDs or --all, not both", 2)
@@ -354,7 +354,7 @@ def discover(
         cfg = config_from_dict(apply_overrides(ck.config, extra), source=label)
 
     if history is not None:
-        from deepvibe.data import TrackTable
+        from deepvibe.data.tables import TrackTable
 
         names = TrackTable(
             ck.track_ids, ck.track_features, ck.scaler.columns, ck.popularity, ck.names, ck.artists
@@ -444,14 +444,14 @@ def evaluate(
 ) -> None:
     """Strong-generalization offline evaluation of deepvibe and baselines (mean ±std over seeds)."""
     from deepvibe.errors import ConfigError
-    from deepvibe.evaluate import (
+    from deepvibe.evaluation.evaluate import (
         DEFAULT_EASE_LAMBDAS,
         EvalSettings,
         format_report,
         parse_baselines,
         write_report,
     )
-    from deepvibe.evaluate import evaluate as run_evaluation
+    from deepvibe.evaluation.evaluate import evaluate as run_evaluation
 
     cfg = load_cfg(config, set_)
     lambdas = DEFAULT_EASE_LAMBDAS

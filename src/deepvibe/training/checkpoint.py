@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepvibe.data import FeatureScaler
+from deepvibe.data.tables import FeatureScaler
 from deepvibe.errors import CheckpointError
 from deepvibe.fileio import atomic_path
-from deepvibe.model import HybridVAE, VAEArch
+from deepvibe.model.vae import HybridVAE, VAEArch
 
 FORMAT = "deepvibe-checkpoint"
 VERSION = 1
@@ -71,7 +71,7 @@ def save_checkpoint(
     """Write atomically: a kill at any moment leaves the previous file intact.
 
     ``resume_state`` (tensors, numbers and strings only) marks a snapshot taken inside an
-    epoch; :func:`deepvibe.train.train` uses it to continue from the same batch.
+    epoch; :func:`deepvibe.training.train.train` uses it to continue from the same batch.
     """
     payload: dict[str, Any] = {
         "format": FORMAT,

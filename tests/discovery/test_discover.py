@@ -13,13 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import small_config
-from deepvibe import discover as dv
-from deepvibe.checkpoint import load_checkpoint
 from deepvibe.cli import app
 from deepvibe.config import DiscoverConfig
-from deepvibe.data import FeatureScaler, load_track_table
+from deepvibe.data.tables import FeatureScaler, load_track_table
+from deepvibe.discovery import discoverer as dv
 from deepvibe.errors import DataError
-from deepvibe.train import train
+from deepvibe.training.checkpoint import load_checkpoint
+from deepvibe.training.train import train
 
 FEATURES = (
     "danceability", "energy", "key", "loudness", "mode", "speechiness", "acousticness",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from deepvibe.metrics import (
+from deepvibe.ranking.metrics import (
     average_popularity_at_k,
     beyond_accuracy,
     coverage_at_k,

@@ -22,17 +22,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deepvibe.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from deepvibe.config import Config
-from deepvibe.dataset import Dataset, build_dataset
+from deepvibe.data.dataset import Dataset, build_dataset
 from deepvibe.errors import CheckpointError, DataError, TrainingDiverged
 from deepvibe.fileio import ensure_writable_dir, write_text_atomic
-from deepvibe.inference import scorer
-from deepvibe.loss import vae_loss
-from deepvibe.metrics import DEFAULT_METRICS, evaluate_scorer
-from deepvibe.model import HybridVAE, VAEArch, audio_profile
-from deepvibe.protocol import FoldIn, foldin_split
-from deepvibe.schedule import cyclical_beta, learning_rate
+from deepvibe.model.inference import scorer
+from deepvibe.model.loss import vae_loss
+from deepvibe.model.schedule import cyclical_beta, learning_rate
+from deepvibe.model.vae import HybridVAE, VAEArch, audio_profile
+from deepvibe.ranking.metrics import DEFAULT_METRICS, evaluate_scorer
+from deepvibe.ranking.protocol import FoldIn, foldin_split
+from deepvibe.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from conftest import small_config
 from deepvibe.cli import app
-from deepvibe.evaluate import parse_baselines, summarise, write_report
-from deepvibe.train import train
+from deepvibe.evaluation.evaluate import parse_baselines, summarise, write_report
+from deepvibe.training.train import train
 
 runner = CliRunner()
 
@@ -172,7 +172,7 @@ def test_restore_best_returns_the_best_epochs_weights(
     (training is deterministic, so a run stopped after epoch 2 has exactly those)."""
     import torch
 
-    import deepvibe.train as train_module
+    import deepvibe.training.train as train_module
     from deepvibe.config import load_config
 
     cfg = load_config(config_file(tmp_path, toy_dir, **{"train.epochs": 4}))

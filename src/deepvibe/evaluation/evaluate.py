@@ -41,13 +41,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from deepvibe.baselines import ContentCosine, MultVAE, TopPop, binarize, tune_ease
 from deepvibe.config import Config, config_from_dict
-from deepvibe.data import FeatureScaler, Interactions, TrackTable, filter_min_counts
-from deepvibe.dataset import Dataset, build_dataset
+from deepvibe.data.dataset import Dataset, build_dataset
+from deepvibe.data.tables import FeatureScaler, Interactions, TrackTable, filter_min_counts
 from deepvibe.errors import CheckpointError, ConfigError
-from deepvibe.metrics import beyond_accuracy, evaluate_ranking, rank_users
-from deepvibe.protocol import FoldIn, foldin_split
+from deepvibe.evaluation.baselines import ContentCosine, MultVAE, TopPop, binarize, tune_ease
+from deepvibe.ranking.metrics import beyond_accuracy, evaluate_ranking, rank_users
+from deepvibe.ranking.protocol import FoldIn, foldin_split
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class ModelResult:
 
 
 def _train_deepvibe(cfg: Config, ds: Dataset, progress: bool | None) -> tuple[Any, dict[str, Any]]:
-    from deepvibe.train import train
+    from deepvibe.training.train import train
 
     started = time.perf_counter()
     result = train(cfg, dataset=ds, progress=progress, write_files=False, restore_best=True)
@@ -189,7 +189,7 @@ def _gems_ranking(
     model: Any, cfg: Config, ds: Dataset, foldin: sp.csr_matrix, depth: int
 ) -> np.ndarray | None:
     """Catalogue ranking of discover's hidden-gems mode, or None without popularity."""
-    from deepvibe.discover import Discoverer
+    from deepvibe.discovery.discoverer import Discoverer
 
     if ds.catalogue is None or ds.catalogue.popularity is None:
         return None
@@ -215,9 +215,9 @@ def run_seed(
     checkpoint: Any = None,
 ) -> dict[str, Any]:
     """Split, train and score everything for ``cfg.seed``. Returns the seed's JSON block."""
-    from deepvibe.inference import scorer
-    from deepvibe.metrics import evaluate_scorer
-    from deepvibe.train import validation_foldin
+    from deepvibe.model.inference import scorer
+    from deepvibe.ranking.metrics import evaluate_scorer
+    from deepvibe.training.train import validation_foldin
 
     test_fraction = 0.0 if checkpoint is not None else settings.test_fraction
     ds = build_dataset(cfg, inter, tracks, test_fraction=test_fraction)
@@ -322,7 +322,7 @@ def _as_json(r: ModelResult) -> dict[str, Any]:
 
 def _database_table(cfg: Config):  # noqa: ANN202 - returns discover.TrackDatabase
     """The track database the scan ranks: data.database, else the features table."""
-    from deepvibe.discover import TrackDatabase
+    from deepvibe.discovery.discoverer import TrackDatabase
 
     d = cfg.data
     source = d.database if d.database and Path(d.database).exists() else d.features
@@ -354,7 +354,7 @@ def cold_start(
     cfg: Config, inter: Interactions, ds: Dataset, settings: EvalSettings
 ) -> dict[str, Any]:
     """The cold-start protocol (module docstring) for one seed."""
-    from deepvibe.discover import Discoverer
+    from deepvibe.discovery.discoverer import Discoverer
 
     rng = np.random.default_rng([cfg.seed, 3])
     n_cat = len(ds.track_ids)
@@ -487,11 +487,11 @@ def evaluate(
     cfg: Config, settings: EvalSettings, checkpoint: str | Path | None = None
 ) -> dict[str, Any]:
     """Run every seed and return the full report (see :func:`summarise` for its summary)."""
-    from deepvibe.data import load_catalogue_features, load_interactions
+    from deepvibe.data.tables import load_catalogue_features, load_interactions
 
     ck = None
     if checkpoint is not None:
-        from deepvibe.checkpoint import load_checkpoint
+        from deepvibe.training.checkpoint import load_checkpoint
 
         if settings.seeds != 1:
             raise ConfigError("--checkpoint evaluates one trained model: use --seeds 1")

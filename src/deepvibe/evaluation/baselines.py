@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from deepvibe.config import Config, config_from_dict
-from deepvibe.metrics import mask_seen, top_k
+from deepvibe.ranking.metrics import mask_seen, top_k
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def tune_ease(
     metric: str = "ndcg@100",
 ) -> tuple[EASE, EASETuning]:
     """Fit EASE for each lambda, keep the one with the best validation ``metric``."""
-    from deepvibe.metrics import evaluate_scorer
+    from deepvibe.ranking.metrics import evaluate_scorer
 
     if not lambdas:
         raise ValueError("tune_ease needs at least one lambda")
@@ -178,7 +178,7 @@ class ContentCosine(Recommender):
         return np.asarray(x @ self.item_features) / np.maximum(counts, 1.0)
 
     def score(self, foldin: sp.csr_matrix) -> np.ndarray:
-        from deepvibe.discover import similarity_to
+        from deepvibe.discovery.discoverer import similarity_to
 
         # The same cosine that discover's scan uses (zero-length vectors score 0).
         return similarity_to(self.profiles(foldin), self.item_features, "cosine")
@@ -220,7 +220,7 @@ def mult_vae_config(cfg: Config, epochs: int | None = None) -> Config:
 
 
 class MultVAE(Recommender):
-    """Mult-VAE trained by :func:`deepvibe.train.train` with zero content features.
+    """Mult-VAE trained by :func:`deepvibe.training.train.train` with zero content features.
 
     Faithful to the paper in what matters for ranking (architecture, input normalisation and
     dropout, likelihood, KL weight and schedule, optimiser); two details differ: dropped items are
@@ -242,8 +242,8 @@ class MultVAE(Recommender):
         features, if the dataset has any, are hidden: Mult-VAE is collaborative only."""
         from dataclasses import replace
 
-        from deepvibe.data import FeatureScaler
-        from deepvibe.train import train
+        from deepvibe.data.tables import FeatureScaler
+        from deepvibe.training.train import train
 
         n_items = len(dataset.track_ids)
         plain = replace(
@@ -260,9 +260,9 @@ class MultVAE(Recommender):
     def fit(self, user_items: sp.csr_matrix) -> MultVAE:
         """Train on a bare matrix: a ``train.val_fraction`` share of its rows (split by the
         config's seed) is held back to choose the epoch."""
-        from deepvibe.data import FeatureScaler, Interactions
-        from deepvibe.dataset import Dataset
-        from deepvibe.protocol import split_users
+        from deepvibe.data.dataset import Dataset
+        from deepvibe.data.tables import FeatureScaler, Interactions
+        from deepvibe.ranking.protocol import split_users
 
         m = sp.csr_matrix(user_items, dtype=np.float32)
         users = np.array([f"u{i}" for i in range(m.shape[0])], dtype=object)
@@ -279,7 +279,7 @@ class MultVAE(Recommender):
         return self.fit_dataset(ds)
 
     def score(self, foldin: sp.csr_matrix) -> np.ndarray:
-        from deepvibe.inference import encode_and_score
+        from deepvibe.model.inference import encode_and_score
 
         if self.model is None:
             raise ValueError("MultVAE.score called before fit")

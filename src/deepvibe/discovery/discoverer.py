@@ -41,9 +41,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from deepvibe.checkpoint import Checkpoint, load_checkpoint
 from deepvibe.config import Config, DataConfig, DiscoverConfig, config_from_dict
-from deepvibe.data import (
+from deepvibe.data.tables import (
     FeatureScaler,
     Interactions,
     TrackTable,
@@ -63,8 +62,9 @@ from deepvibe.fileio import (
     safe_path_component,
     write_csv_atomic,
 )
-from deepvibe.inference import encode_and_score
-from deepvibe.model import HybridVAE
+from deepvibe.model.inference import encode_and_score
+from deepvibe.model.vae import HybridVAE
+from deepvibe.training.checkpoint import Checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ class TrackDatabase:
         db = cls._read(cache_file, src, key)
         if db is None:
             log.info("database: parsing %s (first use or changed; cached in %s)", src, cache_file)
-            with _collect_warnings("deepvibe.data") as notes:
+            with _collect_warnings("deepvibe.data.tables") as notes:
                 table = load_track_table(
                     src, track_column, tuple(feature_columns), popularity_column, name_column,
                     artist_column, what="track database", drop_incomplete=True,
@@ -643,13 +643,13 @@ def load_history(
     Track ids may be Spotify URIs or URLs.
 
     A Spotify download (zip, folder or history JSON) is read as one user by
-    :func:`deepvibe.prepare.read_history_file`; ``tracks`` (with names and artists) matches
+    :func:`deepvibe.prepare.pipeline.read_history_file`; ``tracks`` (with names and artists) matches
     account-data plays, which carry no track ids.
     """
-    from deepvibe.spotify_export import looks_like_export
+    from deepvibe.data.spotify import looks_like_export
 
     if looks_like_export(path):
-        from deepvibe.prepare import read_history_file
+        from deepvibe.prepare.pipeline import read_history_file
 
         return read_history_file(path, tracks)
     data = data or DataConfig()

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from deepvibe.config import DataConfig
-from deepvibe.data import (
+from deepvibe.data.tables import (
     FeatureScaler,
     filter_min_counts,
     interactions_from_long,

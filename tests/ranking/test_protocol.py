@@ -9,11 +9,11 @@ import pytest
 import scipy.sparse as sp
 
 from deepvibe.config import load_config
-from deepvibe.data import interactions_from_long
-from deepvibe.dataset import build_dataset
-from deepvibe.evaluate import _cold_dataset, drop_and_cut, map_columns, user_counts
-from deepvibe.protocol import foldin_split, split_users
-from deepvibe.train import validation_foldin
+from deepvibe.data.dataset import build_dataset
+from deepvibe.data.tables import interactions_from_long
+from deepvibe.evaluation.evaluate import _cold_dataset, drop_and_cut, map_columns, user_counts
+from deepvibe.ranking.protocol import foldin_split, split_users
+from deepvibe.training.train import validation_foldin
 
 
 def world(n_users: int = 60, seed: int = 0):
@@ -113,7 +113,7 @@ def test_user_counts_use_training_users_once_each() -> None:
 
 
 def test_cold_dataset_removes_tracks_from_training() -> None:
-    from deepvibe.data import TrackTable
+    from deepvibe.data.tables import TrackTable
 
     inter = world(40)
     ids = inter.track_ids

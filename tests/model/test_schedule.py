@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from deepvibe.schedule import cyclical_beta, learning_rate
+from deepvibe.model.schedule import cyclical_beta, learning_rate
 
 
 def test_cyclical_beta_exact_values() -> None:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from deepvibe.loss import kl_divergence, multinomial_nll, profile_mse, vae_loss, weighted_mse
+from deepvibe.model.loss import kl_divergence, multinomial_nll, profile_mse, vae_loss, weighted_mse
 
 
 def test_weighted_mse_hand_computed() -> None:

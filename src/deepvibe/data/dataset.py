@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepvibe.config import Config
-from deepvibe.data import (
+from deepvibe.data.tables import (
     FeatureScaler,
     Interactions,
     TrackTable,
@@ -19,7 +19,7 @@ from deepvibe.data import (
     select_catalogue,
 )
 from deepvibe.errors import DataError
-from deepvibe.protocol import split_users
+from deepvibe.ranking.protocol import split_users
 
 log = logging.getLogger(__name__)
 

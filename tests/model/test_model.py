@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from deepvibe.inference import encode_and_score
-from deepvibe.model import HybridVAE, VAEArch, audio_profile
+from deepvibe.model.inference import encode_and_score
+from deepvibe.model.vae import HybridVAE, VAEArch, audio_profile
 
 
 @pytest.mark.parametrize("n_features", [0, 1, 12, 30])

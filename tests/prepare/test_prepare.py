@@ -16,11 +16,21 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from deepvibe import prepare as prep
 from deepvibe.cli import app
 from deepvibe.config import DEFAULT_FEATURES, load_config
-from deepvibe.data import load_interactions, load_track_table
-from deepvibe.prepare import (
+from deepvibe.data.spotify import (
+    AUDIOBOOK,
+    NO_URI,
+    PODCAST,
+    SKIPPED,
+    is_spotify_export,
+    normalise_name,
+    normalise_title,
+    too_short,
+)
+from deepvibe.data.tables import load_interactions, load_track_table
+from deepvibe.prepare import pipeline as prep
+from deepvibe.prepare.pipeline import (
     INCOMPLETE,
     MATCH,
     NO_MATCH,
@@ -33,16 +43,6 @@ from deepvibe.prepare import (
     read_history,
     read_history_file,
     read_track_tables,
-)
-from deepvibe.spotify_export import (
-    AUDIOBOOK,
-    NO_URI,
-    PODCAST,
-    SKIPPED,
-    is_spotify_export,
-    normalise_name,
-    normalise_title,
-    too_short,
 )
 
 
@@ -430,7 +430,7 @@ def test_name_index_prefers_complete_then_popular(tmp_path: Path) -> None:
          "track_name": ["Same", "Same", "Same"], "artists": ["Band", "Band", "Band"]}
     ).to_csv(tmp_path / "t.csv", index=False)  # fmt: skip
     dump = read_track_tables([tmp_path / "t.csv"], TrackColumns(features=("danceability",)))
-    from deepvibe.spotify_export import NameIndex
+    from deepvibe.data.spotify import NameIndex
 
     rows = NameIndex.build(dump.table, dump.complete).lookup(np.array(["band"]), np.array(["same"]))
     assert dump.table.track_ids[rows[0]] == C  # A is incomplete; C beats B on popularity
@@ -518,7 +518,7 @@ def test_folder_without_history_and_same_default_names(tmp_path: Path) -> None:
 
 def test_train_accepts_prepared_toy_data(tmp_path: Path, toy) -> None:
     """The toy world as a long table + a track dump with URI ids -> prepare -> train."""
-    from deepvibe.train import train
+    from deepvibe.training.train import train
 
     long = toy.matrix.melt(id_vars=["user_id", "week"], var_name="track_id", value_name="plays")
     long[long["plays"] > 0].to_csv(tmp_path / "long.csv", index=False)

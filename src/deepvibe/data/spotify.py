@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepvibe.data import TrackTable, normalize_track_id
+from deepvibe.data.tables import TrackTable, normalize_track_id
 from deepvibe.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from deepvibe.model import HybridVAE, audio_profile
+from deepvibe.model.vae import HybridVAE, audio_profile
 
 
 def model_inputs(

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from deepvibe.checkpoint import load_checkpoint
 from deepvibe.cli import app
+from deepvibe.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -20,12 +20,12 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from deepvibe.checkpoint import load_checkpoint, save_checkpoint
 from deepvibe.config import Config, DataConfig, load_config
-from deepvibe.data import FeatureScaler, load_interactions, load_track_table
+from deepvibe.data.tables import FeatureScaler, load_interactions, load_track_table
 from deepvibe.errors import CheckpointError, ConfigError, DataError, DeepVibeError
 from deepvibe.fileio import read_table
-from deepvibe.model import HybridVAE, VAEArch
+from deepvibe.model.vae import HybridVAE, VAEArch
+from deepvibe.training.checkpoint import load_checkpoint, save_checkpoint
 
 # 60 examples keep the file to seconds; DEEPVIBE_HYPOTHESIS_EXAMPLES=2000 searches harder.
 SETTINGS = settings(

@@ -9,11 +9,11 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import small_config
-from deepvibe.checkpoint import load_checkpoint
 from deepvibe.cli import app
-from deepvibe.inference import scorer
-from deepvibe.metrics import evaluate_scorer, mask_seen, recall_at_k, top_k
-from deepvibe.train import train, validation_foldin
+from deepvibe.model.inference import scorer
+from deepvibe.ranking.metrics import evaluate_scorer, mask_seen, recall_at_k, top_k
+from deepvibe.training.checkpoint import load_checkpoint
+from deepvibe.training.train import train, validation_foldin
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from deepvibe.baselines import (
+from deepvibe.config import load_config
+from deepvibe.evaluation.baselines import (
     EASE,
     MULT_VAE_SETTINGS,
     ContentCosine,
@@ -16,10 +17,9 @@ from deepvibe.baselines import (
     mult_vae_config,
     tune_ease,
 )
-from deepvibe.config import load_config
-from deepvibe.metrics import evaluate_scorer, recall_at_k, top_k
-from deepvibe.protocol import foldin_split
-from deepvibe.schedule import cyclical_beta
+from deepvibe.model.schedule import cyclical_beta
+from deepvibe.ranking.metrics import evaluate_scorer, recall_at_k, top_k
+from deepvibe.ranking.protocol import foldin_split
 
 
 def random_matrix(n_users: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:

@@ -1,7 +1,7 @@
 """``deepvibe prepare``: raw listening data -> the files ``train`` and ``discover`` read.
 
 Sources are long tables (CSV/Parquet rows of user, track and optionally plays and time) and
-Spotify history downloads (:mod:`deepvibe.spotify_export`). Track tables give ids, audio
+Spotify history downloads (:mod:`deepvibe.data.spotify`). Track tables give ids, audio
 features, popularity, names and artists. Written to the output folder:
 
 - ``interactions.csv``: long rows ``user_id[, week], track_id, plays``, only catalogue tracks;
@@ -31,18 +31,7 @@ import pandas as pd
 import yaml
 
 from deepvibe.config import DEFAULT_FEATURES, config_from_dict
-from deepvibe.data import Interactions, TrackTable, interactions_from_long, normalize_track_id
-from deepvibe.errors import DataError, DeepVibeError
-from deepvibe.fileio import (
-    atomic_path,
-    check_input_file,
-    csv_separator,
-    is_parquet,
-    neutralise_formula,
-    read_csv_header,
-    write_text_atomic,
-)
-from deepvibe.spotify_export import (
+from deepvibe.data.spotify import (
     ACCOUNT,
     EXTENDED,
     Export,
@@ -52,6 +41,22 @@ from deepvibe.spotify_export import (
     group_loose_files,
     history_artist_key,
     read_streams,
+)
+from deepvibe.data.tables import (
+    Interactions,
+    TrackTable,
+    interactions_from_long,
+    normalize_track_id,
+)
+from deepvibe.errors import DataError, DeepVibeError
+from deepvibe.fileio import (
+    atomic_path,
+    check_input_file,
+    csv_separator,
+    is_parquet,
+    neutralise_formula,
+    read_csv_header,
+    write_text_atomic,
 )
 
 log = logging.getLogger(__name__)
