@@ -480,5 +480,35 @@ def evaluate(
         typer.echo(f"\nreport: {write_report(report, json_out)}")
 
 
+@app.command()
+@guarded
+def plot(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    log_file: Annotated[
+        Path | None,
+        typer.Option("--log", help="Training log (default: paths.logs_dir/hybrid_training.log)."),
+    ] = None,
+    evaluation: Annotated[
+        Path | None,
+        typer.Option("--evaluation", help="An `evaluate --json` report to chart as well."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for the PNGs (default: beside each input)."),
+    ] = None,
+) -> None:
+    """Draw the training curves (and an evaluation chart) as PNG files."""
+    from deepvibe.plots import plot_evaluation, plot_training_curves
+
+    cfg = load_cfg(config, set_)
+    log_path = log_file or Path(cfg.paths.logs_dir) / "hybrid_training.log"
+    folder = out or log_path.parent
+    typer.echo(f"training curves: {plot_training_curves(log_path, folder / 'training_curves.png')}")
+    if evaluation is not None:
+        target = (out / evaluation.name if out else evaluation).with_suffix(".png")
+        typer.echo(f"evaluation chart: {plot_evaluation(evaluation, target)}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
