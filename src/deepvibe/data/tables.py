@@ -332,10 +332,6 @@ class LongTable:
     time_kind: str | None = None  # how the time column was read (see deepvibe.data.time)
     time_column: str | None = None
 
-    @property
-    def keys(self) -> list[str]:
-        return [USER, TIME, TRACK] if TIME in self.frame.columns else [USER, TRACK]
-
 
 def _long_chunk(
     chunk: pd.DataFrame,
@@ -398,11 +394,11 @@ def read_long_table(
     """Read a long table in chunks of CHUNK_ROWS rows, summing plays per entry.
 
     ``time``: None ignores any time column; ``"rows"`` keeps sortable times (one training row
-    per user and time); ``"weeks"`` buckets them into ISO weeks (``prepare --weekly``); ``axis``
-    checks that several sources put their times on one scale. Rows
-    without a user or track id are an error, or with ``skip_unusable`` dropped and counted
-    together with rows of zero plays. Plays that are not numbers, NaN or negative are always
-    an error naming the row.
+    per user and time); ``"weeks"`` buckets them into ISO weeks (``prepare --weekly``). Times
+    are read by :func:`deepvibe.data.time.parse_times`; ``axis`` checks that several sources
+    put them on one scale. Rows without a user or track id are an error, or with
+    ``skip_unusable`` dropped and counted together with rows of zero plays. Plays that are not
+    numbers, NaN or negative are always an error naming the row.
     """
     p = check_input_file(path, what)
     header = read_csv_header(p, what)
@@ -432,7 +428,8 @@ def read_long_table(
         part, times, counts = _long_chunk(chunk, found, p, table.n_rows, skip_unusable, weekly)
         if times is not None:
             axis.add(times.kind, f"{p}: column {found['time']!r}")
-            table.time_kind = times.kind
+            kinds = (table.time_kind or times.kind).split(" and ")
+            table.time_kind = " and ".join(dict.fromkeys([*kinds, times.kind]))
         table.n_rows += len(chunk)
         table.n_missing_id += counts["missing"]
         table.plays_missing_id += counts["missing_plays"]
@@ -702,20 +699,54 @@ def _track_file(
     return _TrackFile(path, found["id"], feats, found["popularity"], found["name"], found["artist"])  # type: ignore[arg-type]
 
 
-def _numeric_column(
-    chunk: pd.DataFrame, col: str, offset: int, problems: list[tuple[np.ndarray, str, str]]
-) -> np.ndarray:
+Problems = list[tuple[np.ndarray, str, str]]  # (bad rows mask, column, what is wrong)
+
+
+def _feature_values(chunk: pd.DataFrame, col: str, problems: Problems) -> np.ndarray:
+    """(n,) float64 feature values; text and missing cells are noted in ``problems``."""
     values = pd.to_numeric(chunk[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     text = np.isnan(values) & chunk[col].notna().to_numpy() & ~_empty(chunk[col])
     if text.any():
-        r = int(np.flatnonzero(text)[0])
-        problems.append(
-            (text, col, f"is not a number ({chunk[col].iloc[r]!r}); audio features must be numeric")
-        )
-    problems.append(
-        (~np.isfinite(values) & ~text, col, "is missing, NaN or infinite; fill or drop that track")
-    )
+        shown = chunk[col].iloc[int(np.flatnonzero(text)[0])]
+        problems.append((text, col, f"is not a number ({shown!r}); audio features must be numeric"))
+    missing = ~np.isfinite(values) & ~text
+    problems.append((missing, col, "is missing, NaN or infinite; fill or drop that track"))
     return values
+
+
+def _popularity_values(
+    chunk: pd.DataFrame,
+    col: str,
+    file_rows: np.ndarray,
+    policy: _Policy,
+    problems: Problems,
+    path: Path,
+) -> np.ndarray:
+    """(n,) float64 popularity, NaN where unknown. Outside 0..100 is an error naming the row
+    (``file_rows``), unless incomplete rows are kept; a blank cell is a problem unless it may
+    be unknown."""
+    values = pd.to_numeric(chunk[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    out = np.isfinite(values) & ((values < 0) | (values > 100))
+    if out.any() and not policy.keep_incomplete:
+        r = int(np.flatnonzero(out)[0])
+        raise DataError(
+            f"{path}: column {col!r} row {file_rows[r]} is {values[r]}; "
+            "popularity must be in 0..100"
+        )
+    unknown = _empty(chunk[col]) if policy.blank_popularity_unknown else np.zeros(len(values), bool)
+    not_number = ~np.isfinite(values) & ~unknown
+    problems.append((not_number, col, "is not a number; popularity must be 0..100"))
+    problems.append((out, col, "is outside 0..100"))
+    return values
+
+
+@dataclass(frozen=True)
+class _Policy:
+    """What :func:`iter_track_table` does with incomplete rows (see there)."""
+
+    drop_incomplete: bool
+    keep_incomplete: bool
+    blank_popularity_unknown: bool
 
 
 def iter_track_table(
@@ -759,6 +790,7 @@ def iter_track_table(
     names = {"id": track_column, "popularity": popularity_column, "name": name_column,
              "artist": artist_column}  # fmt: skip
     seen: set[str] = set()
+    policy = _Policy(drop_incomplete, keep_incomplete, blank_popularity_unknown)
     columns: tuple[str, ...] | None = None
     for raw_path in paths:
         p = check_input_file(raw_path, what)
@@ -776,10 +808,7 @@ def iter_track_table(
         for chunk in iter_chunks(p, spec.usecols, text_cols, what):
             offset = stats.n_rows - start
             stats.n_rows += len(chunk)
-            table = _track_chunk(
-                chunk.reset_index(drop=True), spec, offset, stats, keep_incomplete,
-                drop_incomplete, blank_popularity_unknown,
-            )  # fmt: skip
+            table = _track_chunk(chunk.reset_index(drop=True), spec, offset, stats, policy)
             if not keep_incomplete:
                 fresh = ~pd.Index(table.track_ids).duplicated(keep="first")
                 if seen:
@@ -793,52 +822,27 @@ def iter_track_table(
 
 
 def _track_chunk(
-    chunk: pd.DataFrame,
-    spec: _TrackFile,
-    offset: int,
-    stats: TrackReadStats,
-    keep_incomplete: bool,
-    drop_incomplete: bool,
-    blank_popularity_unknown: bool,
+    chunk: pd.DataFrame, spec: _TrackFile, offset: int, stats: TrackReadStats, policy: _Policy
 ) -> TrackTable:
-    """One chunk as a TrackTable; applies the incomplete-row policy of :func:`iter_track_table`."""
+    """One chunk as a TrackTable; applies the incomplete-row policy of :func:`iter_track_table`.
+    ``offset``: rows of the file before this chunk, for row numbers in messages."""
     p = spec.path
     blank = _empty(chunk[spec.id])
-    if blank.any() and not keep_incomplete:
+    if blank.any() and not policy.keep_incomplete:
         r = int(np.flatnonzero(blank)[0])
         raise DataError(f"{p}: column {spec.id!r} row {offset + r + 2} has no track id")
     stats.n_blank_id += int(blank.sum())
-    rows = np.flatnonzero(~blank)
-    chunk = chunk.iloc[rows].reset_index(drop=True)
-    problems: list[tuple[np.ndarray, str, str]] = []
+    file_rows = offset + np.flatnonzero(~blank) + 2  # row numbers in the file, for messages
+    chunk = chunk.iloc[np.flatnonzero(~blank)].reset_index(drop=True)
+    problems: Problems = []
     feats = np.empty((len(chunk), len(spec.features)), dtype=np.float64)
     for j, col in enumerate(spec.features):
-        feats[:, j] = _numeric_column(chunk, col, offset, problems)
+        feats[:, j] = _feature_values(chunk, col, problems)
     popularity = None
     if spec.popularity:
-        popularity = pd.to_numeric(chunk[spec.popularity], errors="coerce").to_numpy(
-            dtype=np.float64, na_value=np.nan
-        )
-        unknown = np.isnan(popularity) & (
-            _empty(chunk[spec.popularity]) if blank_popularity_unknown else False
-        )
-        out = np.isfinite(popularity) & ((popularity < 0) | (popularity > 100))
-        if out.any() and not keep_incomplete:
-            r = int(np.flatnonzero(out)[0])
-            raise DataError(
-                f"{p}: column {spec.popularity!r} row {offset + rows[r] + 2} is {popularity[r]}; "
-                "popularity must be in 0..100"
-            )
-        problems.append(
-            (
-                ~np.isfinite(popularity) & ~unknown,
-                spec.popularity,
-                "is not a number; popularity must be 0..100",
-            )
-        )
-        problems.append((out, spec.popularity, "is outside 0..100"))
+        popularity = _popularity_values(chunk, spec.popularity, file_rows, policy, problems, p)
     complete = np.ones(len(chunk), dtype=bool)
-    first: tuple[int, str, str] | None = None
+    first: tuple[int, str, str] | None = None  # the earliest bad cell: (row, column, problem)
     for bad, col, problem in problems:
         if bad.any():
             r = int(np.flatnonzero(bad)[0])
@@ -848,9 +852,9 @@ def _track_chunk(
     if first is not None:
         r, col, problem = first
         if stats.first_bad is None:
-            stats.first_bad = (p, offset + int(rows[r]) + 2, col, problem)
-        if not (drop_incomplete or keep_incomplete):
-            raise DataError(f"{p}: column {col!r} row {offset + int(rows[r]) + 2} {problem}")
+            stats.first_bad = (p, int(file_rows[r]), col, problem)
+        if not (policy.drop_incomplete or policy.keep_incomplete):
+            raise DataError(f"{p}: column {col!r} row {file_rows[r]} {problem}")
     stats.n_incomplete += int((~complete).sum())
 
     def text(col: str | None) -> np.ndarray | None:
@@ -865,9 +869,9 @@ def _track_chunk(
         text(spec.name),
         artists,
         None if artists is None else split_artist_column(artists),
-        complete if keep_incomplete else None,
+        complete if policy.keep_incomplete else None,
     )
-    return table if keep_incomplete else table.take(np.flatnonzero(complete))
+    return table if policy.keep_incomplete else table.take(np.flatnonzero(complete))
 
 
 def load_track_table(
