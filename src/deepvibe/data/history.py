@@ -35,6 +35,7 @@ from deepvibe.data.tables import (
     long_to_interactions,
     read_long_table,
 )
+from deepvibe.data.time import to_instants
 from deepvibe.errors import DataError
 from deepvibe.fileio import check_input_file, read_csv_header
 
@@ -101,7 +102,9 @@ def export_plays(
         f[USER] = s.user_id
         frames.append(f)
     if not frames:
-        empty = pd.DataFrame({USER: [], TRACK: [], "time": pd.to_datetime([], utc=True)})
+        empty = pd.DataFrame(
+            {USER: [], TRACK: [], "time": to_instants(pd.Series([], dtype=object))}
+        )
         return ExportPlays(empty, _unmatched_frame(pd.DataFrame()), 0, 0)
     allp = pd.concat(frames, ignore_index=True)
     account = (allp["schema"] == ACCOUNT).to_numpy()
