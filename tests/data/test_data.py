@@ -7,14 +7,10 @@ import pandas as pd
 import pytest
 
 from deepvibe.config import DataConfig
-from deepvibe.data.tables import (
-    FeatureScaler,
-    filter_min_counts,
-    interactions_from_long,
-    load_interactions,
-    normalize_track_id,
-    select_catalogue,
-)
+from deepvibe.data.catalogue import select_catalogue
+from deepvibe.data.dataset import filter_min_counts
+from deepvibe.data.ids import normalize_track_ids
+from deepvibe.data.tables import FeatureScaler, interactions_from_long, load_interactions
 from deepvibe.errors import DataError
 
 SPOTIFY_ID = "4uLU6hMCjMI75M1A2tKUQC"
@@ -30,7 +26,7 @@ SPOTIFY_ID = "4uLU6hMCjMI75M1A2tKUQC"
     ],
 )
 def test_track_id_forms_normalise_to_bare_id(raw: str) -> None:
-    assert normalize_track_id(raw) == SPOTIFY_ID
+    assert normalize_track_ids([raw])[0] == SPOTIFY_ID
 
 
 def _as_dense(inter, users, tracks) -> np.ndarray:

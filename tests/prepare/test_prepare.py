@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 
 from deepvibe.cli import app
 from deepvibe.config import DEFAULT_FEATURES, load_config
+from deepvibe.data import tables
+from deepvibe.data.history import NO_MATCH, OVERLAP, read_history, read_history_file
 from deepvibe.data.spotify import (
     AUDIOBOOK,
     NO_URI,
@@ -33,15 +35,11 @@ from deepvibe.prepare import pipeline as prep
 from deepvibe.prepare.pipeline import (
     INCOMPLETE,
     MATCH,
-    NO_MATCH,
     NOT_IN_TABLE,
-    OVERLAP,
     PrepareOptions,
     TableColumns,
     TrackColumns,
     prepare,
-    read_history,
-    read_history_file,
     read_track_tables,
 )
 
@@ -350,7 +348,7 @@ def test_chunked_reading_gives_the_same_result(
     whole = _run(world)
     expected = _pairs(whole.paths["interactions"])
     pd.read_csv(world["tracks"]).to_parquet(tmp_path / "tracks.parquet")
-    monkeypatch.setattr(prep, "CHUNK_ROWS", 2)  # every file is read in several chunks
+    monkeypatch.setattr(tables, "CHUNK_ROWS", 2)  # every file is read in several chunks
     r = prepare(
         [world["extended"], world["account"], world["long"]],
         [tmp_path / "tracks.parquet"],
@@ -474,7 +472,7 @@ def test_cli_prepare(world: dict[str, Path]) -> None:
     [
         (["-i", "missing.csv"], "missing.csv: interactions source not found"),
         (["--user", "a", "--user", "b"], "--user was given 2 time(s) but there are 1"),
-        (["--feature-cols", "danceability,nope"], "no feature column 'nope'"),
+        (["--feature-cols", "danceability,nope"], "no column 'nope'"),
         (["--track-col", "song"], "no column 'song' for the track id"),
     ],
 )

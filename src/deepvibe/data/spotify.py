@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepvibe.data.tables import TrackTable, normalize_track_id
+from deepvibe.data.ids import normalize_track_ids
+from deepvibe.data.tables import TrackTable
+from deepvibe.data.time import to_instants
 from deepvibe.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -308,7 +310,7 @@ def _extended_plays(records: list[dict], min_ms: int, drops: Counter[str]) -> pd
     short = is_track & (ms < min_ms)
     skipped_col = frame["skipped"].map(lambda v: v is True or v == 1 or v == "true")
     skipped = is_track & ~short & skipped_col.to_numpy(dtype=bool)
-    time = pd.to_datetime(frame["ts"], utc=True, errors="coerce", format="ISO8601")
+    time = to_instants(frame["ts"])
     bad_time = is_track & ~short & ~skipped & time.isna().to_numpy()
     keep = is_track & ~short & ~skipped & ~bad_time
     for reason, mask in (
@@ -324,7 +326,7 @@ def _extended_plays(records: list[dict], min_ms: int, drops: Counter[str]) -> pd
     return pd.DataFrame(
         {
             "time": time[keep].to_numpy(),
-            "track_id": [normalize_track_id(u) for u in uri[keep]],
+            "track_id": normalize_track_ids(uri[keep]),
             "artist": kept["master_metadata_album_artist_name"].astype(object).to_numpy(),
             "track": kept["master_metadata_track_name"].astype(object).to_numpy(),
             "schema": EXTENDED,
@@ -339,7 +341,7 @@ def _account_plays(records: list[dict], min_ms: int, drops: Counter[str]) -> pd.
     )
     ms = pd.to_numeric(frame["msPlayed"], errors="coerce").fillna(0).to_numpy()
     short = ms < min_ms
-    time = pd.to_datetime(frame["endTime"], utc=True, errors="coerce", format="%Y-%m-%d %H:%M")
+    time = to_instants(frame["endTime"], "%Y-%m-%d %H:%M")
     bad_time = ~short & time.isna().to_numpy()
     keep = ~short & ~bad_time
     drops[too_short(min_ms)] += int(short.sum())
@@ -380,7 +382,7 @@ def read_streams(export: Export, min_ms: int = 30_000, user: str | None = None) 
         frame = pd.concat(parts, ignore_index=True)
     else:
         frame = pd.DataFrame({c: pd.Series(dtype=object) for c in _FRAME_COLUMNS})
-        frame["time"] = pd.to_datetime(frame["time"], utc=True)
+        frame["time"] = to_instants(frame["time"])
     names = frame["username"].dropna().astype(str)
     names = names[names.str.strip() != ""]
     if user is None:

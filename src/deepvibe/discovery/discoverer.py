@@ -42,12 +42,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from deepvibe.config import Config, DataConfig, DiscoverConfig, config_from_dict
+from deepvibe.data.ids import is_spotify_id
 from deepvibe.data.tables import (
     FeatureScaler,
     Interactions,
     TrackTable,
     interactions_from_long,
-    is_spotify_id,
     load_interactions,
     load_track_table,
 )
@@ -643,13 +643,13 @@ def load_history(
     Track ids may be Spotify URIs or URLs.
 
     A Spotify download (zip, folder or history JSON) is read as one user by
-    :func:`deepvibe.prepare.pipeline.read_history_file`; ``tracks`` (with names and artists) matches
+    :func:`deepvibe.data.history.read_history_file`; ``tracks`` (with names and artists) matches
     account-data plays, which carry no track ids.
     """
     from deepvibe.data.spotify import looks_like_export
 
     if looks_like_export(path):
-        from deepvibe.prepare.pipeline import read_history_file
+        from deepvibe.data.history import read_history_file
 
         return read_history_file(path, tracks)
     data = data or DataConfig()

@@ -42,8 +42,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from deepvibe.config import Config, config_from_dict
-from deepvibe.data.dataset import Dataset, build_dataset
-from deepvibe.data.tables import FeatureScaler, Interactions, TrackTable, filter_min_counts
+from deepvibe.data.dataset import Dataset, build_dataset, filter_min_counts, rows_of_users
+from deepvibe.data.tables import FeatureScaler, Interactions, TrackTable
 from deepvibe.errors import CheckpointError, ConfigError
 from deepvibe.evaluation.baselines import ContentCosine, MultVAE, TopPop, binarize, tune_ease
 from deepvibe.ranking.metrics import beyond_accuracy, evaluate_ranking, rank_users
@@ -100,7 +100,7 @@ def peak_rss_mb() -> float:
 def user_counts(inter: Interactions, users: np.ndarray) -> tuple[np.ndarray, int]:
     """How many of ``users`` played each column (any of their rows counts once), and how many
     of them there are: the popularity a recommender trained on them could know."""
-    mask = np.isin(inter.row_users, users)
+    mask = rows_of_users(inter.row_users, users)
     codes, uniq = pd.factorize(inter.row_users[mask])
     x = binarize(inter.matrix[mask])
     by_user = sp.csr_matrix(
@@ -379,7 +379,7 @@ def cold_start(
     fold: FoldIn = foldin_split(
         users, hist, cfg.train.holdout_fraction, np.random.default_rng([cfg.seed, 4])
     )
-    is_warm = np.isin(db_ids, warm_ids)  # (m,) tracks the cold-start model trained on
+    is_warm = pd.Index(warm_ids).get_indexer(db_ids) >= 0  # (m,) tracks the cold model knows
     held = fold.heldout.tocsr()
     warm_held = held.multiply(is_warm[None, :].astype(np.float32)).tocsr()
     warm_held.eliminate_zeros()
@@ -487,7 +487,8 @@ def evaluate(
     cfg: Config, settings: EvalSettings, checkpoint: str | Path | None = None
 ) -> dict[str, Any]:
     """Run every seed and return the full report (see :func:`summarise` for its summary)."""
-    from deepvibe.data.tables import load_catalogue_features, load_interactions
+    from deepvibe.data.catalogue import load_catalogue_features
+    from deepvibe.data.tables import load_interactions
 
     ck = None
     if checkpoint is not None:
