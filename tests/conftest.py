@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,15 @@ def small_config(root: Path, data_dir: Path | None = None, **overrides: object) 
     ]
     sets += [f"{k}={v}" for k, v in overrides.items()]
     return load_config(None, sets)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_deepvibe_logger() -> Iterator[None]:
+    """Undo what a CLI run did to the ``deepvibe`` logger (a console handler on a stream that
+    CliRunner has closed, propagation off), so later tests' caplog sees the package's records."""
+    yield
+    logger = logging.getLogger("deepvibe")
+    for h in list(logger.handlers):
+        if getattr(h, "_deepvibe_console", False):
+            logger.removeHandler(h)
+    logger.propagate = True
