@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,10 @@ class Dataset:
     scaler: FeatureScaler
     track_features: np.ndarray  # (n_tracks, f) float32, standardised
     user_groups: dict[str, np.ndarray]  # "train", "validation" (and "test") -> user ids
+    # Every played track, not only the catalogue: what database validation ranks and what the
+    # artist model learns from (rows align with ``interactions``).
+    all_plays: Interactions | None = None
+    tracks: TrackTable | None = None  # the whole features table (catalogue and beyond)
 
     @property
     def track_ids(self) -> np.ndarray:
@@ -103,16 +108,10 @@ def build_dataset(
     if tracks is None:
         tracks = load_catalogue_features(cfg.data)
     inter = filter_min_counts(inter, cfg.data.min_track_users, cfg.data.min_user_tracks)
-    rng = np.random.default_rng(cfg.seed)
-    fractions = (cfg.train.val_fraction,) + ((test_fraction,) if test_fraction > 0 else ())
-    try:
-        parts = split_users(inter.user_ids, fractions, rng)
-    except ValueError as exc:
-        raise DataError(f"{sources[0]}: too few users to split ({exc}); add users") from None
-    names = ["train", "validation", "test"][: len(parts)]
-    groups = dict(zip(names, parts, strict=True))
+    groups = _split(inter, cfg, test_fraction, _scorable_users(inter, tracks, cfg), sources[0])
     train_rows = rows_of_users(inter.row_users, groups["train"])
     catalogue_ids = select_catalogue(inter, tracks, cfg.data.max_tracks, train_rows, sources)
+    all_plays = inter
     inter = inter.select_columns(catalogue_ids)
     if tracks is not None:
         rows = pd.Index(tracks.track_ids).get_indexer(catalogue_ids)
@@ -123,6 +122,56 @@ def build_dataset(
         catalogue = None
         scaler = FeatureScaler.fit(np.zeros((len(catalogue_ids), 0)), ())
         feats = np.zeros((len(catalogue_ids), 0), dtype=np.float32)
-    ds = Dataset(inter, catalogue, scaler, feats, groups)
+    ds = Dataset(inter, catalogue, scaler, feats, groups, all_plays, tracks)
     log.info("data: %s", ds.summary())
     return ds
+
+
+MIN_VALIDATION_USERS = 20  # fewer scorable validation users than this: model selection on noise
+MAX_VALIDATION_FRACTION = 0.25  # growing validation never takes more than this share of users
+
+
+def uses_database_validation(cfg: Config) -> bool:
+    """Validation ranks the track database (what ``discover`` does) when there is one with
+    features; otherwise it ranks the catalogue (the strong-generalization protocol)."""
+    return bool(cfg.data.database and cfg.data.feature_columns and cfg.data.features) and (
+        Path(cfg.data.database).is_file()
+    )
+
+
+def _scorable_users(inter: Interactions, tracks: TrackTable | None, cfg: Config) -> set[str]:
+    """Users whose current row has >= 5 tracks validation can rank: tracks with features for
+    database validation, any played track otherwise (the catalogue is not chosen yet)."""
+    users, rows = inter.user_matrix()
+    if tracks is not None and uses_database_validation(cfg):
+        has_features = pd.Index(tracks.track_ids).get_indexer(inter.track_ids) >= 0
+        rows = rows[:, np.flatnonzero(has_features)]
+    return set(users[np.diff(rows.tocsr().indptr) >= 5].tolist())
+
+
+def _split(
+    inter: Interactions, cfg: Config, test_fraction: float, scorable: set[str], source: str
+) -> dict[str, np.ndarray]:
+    """Users split by ``cfg.seed``; validation grows (up to 25% of users) until it holds
+    ``MIN_VALIDATION_USERS`` scorable users, so small data sets still select on signal."""
+    val_fraction = cfg.train.val_fraction
+    while True:
+        fractions = (val_fraction,) + ((test_fraction,) if test_fraction > 0 else ())
+        try:
+            parts = split_users(inter.user_ids, fractions, np.random.default_rng(cfg.seed))
+        except ValueError as exc:
+            raise DataError(f"{source}: too few users to split ({exc}); add users") from None
+        n_scorable = sum(u in scorable for u in parts[1].tolist())
+        grown = min(MAX_VALIDATION_FRACTION, val_fraction + 0.05)
+        if n_scorable >= MIN_VALIDATION_USERS or grown <= val_fraction:
+            break
+        val_fraction = grown
+    if val_fraction != cfg.train.val_fraction:
+        log.info(
+            "validation: %.0f%% of users (train.val_fraction %.0f%% gave fewer than %d scorable "
+            "users); %d validation users, %d scorable",
+            100 * val_fraction, 100 * cfg.train.val_fraction, MIN_VALIDATION_USERS,
+            len(parts[1]), n_scorable,
+        )  # fmt: skip
+    names = ["train", "validation", "test"][: len(parts)]
+    return dict(zip(names, parts, strict=True))
