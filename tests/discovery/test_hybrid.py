@@ -20,6 +20,7 @@ from deepvibe.discovery.hybrid import (
     dna_part,
     fit_weights,
     score_chunk,
+    score_direct,
     take_parts,
     unit_rows,
     why,
@@ -73,6 +74,21 @@ def test_collab_part_takes_the_max_over_the_tracks_artists() -> None:
     np.testing.assert_allclose(collab_part(collab, chunk), [[0.3, 0.7, 0.0]])
 
 
+def test_collab_part_matches_a_brute_force_max_with_many_artist_tracks() -> None:
+    rng = np.random.default_rng(4)
+    n_tracks, n_artists = 60, 9
+    rows = list(range(50)) + [50] * 6 + [51] * 3  # 50 one-artist tracks, two many-artist ones
+    cols = list(rng.integers(0, n_artists, 50)) + [0, 2, 3, 5, 7, 8] + [1, 4, 6]
+    chunk = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_tracks, n_artists))
+    collab = rng.random((3, n_artists)).astype(np.float32)
+    expected = np.zeros((3, n_tracks), np.float32)
+    for t in range(n_tracks):
+        artists = chunk[t].indices
+        if len(artists):
+            expected[:, t] = collab[:, artists].max(axis=1)
+    np.testing.assert_array_equal(collab_part(collab, chunk), expected)
+
+
 def test_decoder_part_keeps_positive_catalogue_z_only() -> None:
     z = np.array([[1.5, -0.4, 0.2]], np.float32)
     part = decoder_part(z, np.array([2, -1, 0, 1]))
@@ -83,6 +99,33 @@ def test_chunk_parts_skips_parts_without_inputs() -> None:
     parts = chunk_parts(user_dna=unit_rows(np.ones((2, 3))), track_units=unit_rows(np.ones((5, 3))))
     assert set(parts) == {"dna"} and parts["dna"].shape == (2, 5)
     assert chunk_parts(user_dna=np.ones((2, 3)), track_units=np.ones((5, 3)), only=()) == {}
+
+
+def test_score_direct_equals_the_sum_of_materialised_parts() -> None:
+    rng = np.random.default_rng(2)
+    n_users, n_tracks, n_artists, n_cat = 5, 40, 12, 15
+    track_artists = sp.random(n_tracks, n_artists, density=0.15, random_state=3, format="csr")
+    track_artists.data[:] = 1.0
+    history = sp.random(n_users, 30, density=0.3, random_state=4, format="csr")
+    history_artists = sp.random(30, n_artists, density=0.2, random_state=5, format="csr")
+    user_dna = unit_rows(rng.normal(size=(n_users, 4)))
+    user_dna[1] = np.nan  # a user without a DNA
+    index = np.full(n_tracks, -1)
+    index[rng.choice(n_tracks, n_cat, replace=False)] = np.arange(n_cat)
+    inputs = {
+        "user_dna": user_dna,
+        "track_units": unit_rows(rng.normal(size=(n_tracks, 4))),
+        "has_features": rng.random(n_tracks) > 0.2,
+        "user_shares": artist_share_matrix(history, history_artists),
+        "user_collab": rng.random((n_users, n_artists)).astype(np.float32),
+        "chunk_artists": track_artists,
+        "catalogue_index": index,
+        "user_decoder_z": rng.normal(size=(n_users, n_cat)).astype(np.float32),
+    }
+    for w in (DEFAULT_WEIGHTS, HybridWeights(0.0, 2.0, 0.0, 0.5), HybridWeights(1.0, 0, 0, 0)):
+        np.testing.assert_allclose(
+            score_direct(w, **inputs), score_chunk(chunk_parts(**inputs), w), rtol=1e-5, atol=1e-6
+        )
 
 
 # ------------------------------------------------------------------------- taste groups world

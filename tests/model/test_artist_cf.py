@@ -84,3 +84,18 @@ def test_malformed_state_is_rejected() -> None:
         ArtistCF.from_state({k: v for k, v in state.items() if k != "indptr"})
     with pytest.raises(ValueError, match="3 rows for 4 artists"):
         ArtistCF.from_state(state | {"indptr": state["indptr"][:-1]})
+
+
+def test_top_k_per_row_matches_a_per_row_sort_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(10):
+        m = sp.random(30, 40, density=rng.uniform(0.05, 0.6), random_state=trial, format="csr")
+        m.data = np.round(m.data * 4) / 4 + 0.25  # few distinct values: many ties
+        k = int(rng.integers(1, 10))
+        dense = m.toarray()
+        expected = np.zeros_like(dense)
+        for i in range(30):
+            nz = np.flatnonzero(dense[i])
+            kept = nz[np.lexsort((nz, -dense[i, nz]))][:k]
+            expected[i, kept] = dense[i, kept]
+        np.testing.assert_array_equal(artist_cf.top_k_per_row(m, k).toarray(), expected)

@@ -35,13 +35,20 @@ def _binary_csr(matrix: sp.spmatrix, n_cols: int, name: str) -> sp.csr_matrix:
 
 
 def top_k_per_row(block: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep the k largest entries of each row (ties to the lower column); same shape."""
-    block = block.tocsr()
+    """Keep the k largest entries of each row (ties to the lower column); same shape. Only
+    the entries of rows longer than k are sorted."""
+    block = sp.csr_matrix(block, dtype=np.float32)
     block.sum_duplicates()
-    rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
-    order = np.lexsort((block.indices, -block.data, rows))  # by row, value desc, column asc
-    rank = np.arange(len(order)) - block.indptr[rows[order]]
-    keep = order[rank < k]
+    lengths = np.diff(block.indptr)
+    rows = np.repeat(np.arange(block.shape[0]), lengths)
+    in_long = np.flatnonzero(lengths[rows] > k)  # entries of rows that need pruning
+    if len(in_long) == 0:
+        return block
+    r, v, c = rows[in_long], block.data[in_long], block.indices[in_long]
+    order = np.lexsort((c, -v, r))  # by row, value desc, column asc
+    starts = np.searchsorted(r[order], r[order], side="left")  # first entry of each row
+    keep = np.ones(block.nnz, dtype=bool)
+    keep[in_long[order[np.arange(len(order)) - starts >= k]]] = False
     return sp.csr_matrix(
         (block.data[keep], (rows[keep], block.indices[keep])), shape=block.shape, dtype=np.float32
     )
