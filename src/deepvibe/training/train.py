@@ -212,13 +212,13 @@ def train(
     that epoch, so the files on disk are the last good state.
     """
     t = cfg.train
+    device = resolve_device(t.device)
     files = RunFiles(cfg)
     if write_files:  # fail now, not after the first hour-long epoch
         files.prepare()
     # A bad --resume file fails now, before a possibly long data load.
     ck = load_checkpoint(resume) if resume is not None else None
     ds = dataset if dataset is not None else build_dataset(cfg)
-    device = resolve_device(t.device)
     user_items = ds.interactions.matrix[np.flatnonzero(ds.rows_of("train"))]
     rows = TrainingRows(user_items, ds.track_features, device)  # (n_train_rows, n_tracks)
     chosen = make_validator(validator, ds, cfg, device)

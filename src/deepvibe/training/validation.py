@@ -104,7 +104,7 @@ def make_validator(
     """The validator to use: the default, the one given, or the one a factory builds."""
     if validator is None:
         return CatalogueValidator(ds, cfg, device)
-    if not isinstance(validator, Validator):  # a factory
+    if isinstance(validator, type) or not isinstance(validator, Validator):  # a factory
         validator = validator(ds, cfg, device)
     if not isinstance(getattr(validator, "name", None), str) or not validator.name:
         raise TypeError(f"validator {validator!r} needs a non-empty str attribute 'name'")
