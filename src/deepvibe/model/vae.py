@@ -101,13 +101,13 @@ class SparseInputLinear(nn.Module):
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         w = self.weight_t if keep_vars else self.weight_t.detach()
-        destination[prefix + "weight"] = w.t().contiguous()
+        destination[prefix + "weight"] = w.t()  # a view: saving it writes no copy
         destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         stored = state_dict.pop(prefix + "weight", None)
-        if stored is not None:
-            state_dict[prefix + "weight_t"] = stored.t()
+        if stored is not None:  # contiguous (in, out) again, whichever layout was saved
+            state_dict[prefix + "weight_t"] = stored.t().contiguous()
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 

@@ -243,9 +243,9 @@ def _from_payload(raw: dict[str, Any], p: Path) -> Checkpoint:
 
 def optimizer_state(optimizer: torch.optim.Optimizer, model: HybridVAE) -> dict[str, Any]:
     """``optimizer.state_dict()`` in the checkpoint's layout: the state of a parameter the
-    model holds transposed (the sparse first layer) is stored as ``state_dict`` shows it."""
-    state = optimizer.state_dict()
-    return _relayout(state, optimizer, model)
+    model holds transposed (the sparse first layer) is stored as ``state_dict`` shows it
+    (a transposed view: no copy is made to save it)."""
+    return _relayout(optimizer.state_dict(), optimizer, model, contiguous=False)
 
 
 def load_optimizer_state(
@@ -253,7 +253,7 @@ def load_optimizer_state(
 ) -> None:
     """Inverse of :func:`optimizer_state`; raises ValueError when a state tensor does not fit
     its parameter (another network)."""
-    state = _relayout(state, optimizer, model)
+    state = _relayout(state, optimizer, model, contiguous=True)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     ids = [i for group in state["param_groups"] for i in group["params"]]
     if len(ids) != len(params):
@@ -266,7 +266,7 @@ def load_optimizer_state(
 
 
 def _relayout(
-    state: dict[str, Any], optimizer: torch.optim.Optimizer, model: HybridVAE
+    state: dict[str, Any], optimizer: torch.optim.Optimizer, model: HybridVAE, contiguous: bool
 ) -> dict[str, Any]:
     """Transpose the 2-d state tensors of the model's transposed parameters (an involution)."""
     transposed = {id(p) for p in model.transposed_parameters()}
@@ -276,7 +276,11 @@ def _relayout(
     for p, i in zip(params, ids, strict=False):
         if id(p) in transposed and i in per_param:
             per_param[i] = {
-                k: v.t().contiguous() if isinstance(v, torch.Tensor) and v.dim() == 2 else v
+                k: _transposed(v, contiguous) if isinstance(v, torch.Tensor) and v.dim() == 2 else v
                 for k, v in per_param[i].items()
             }
     return {**state, "state": per_param}
+
+
+def _transposed(t: torch.Tensor, contiguous: bool) -> torch.Tensor:
+    return t.t().contiguous() if contiguous else t.t()

@@ -219,8 +219,8 @@ def train(
     # A bad --resume file fails now, before a possibly long data load.
     ck = load_checkpoint(resume) if resume is not None else None
     ds = dataset if dataset is not None else build_dataset(cfg)
-    user_items = ds.interactions.matrix[np.flatnonzero(ds.rows_of("train"))]
-    rows = TrainingRows(user_items, ds.track_features, device)  # (n_train_rows, n_tracks)
+    train_rows = np.flatnonzero(ds.rows_of("train"))
+    rows = TrainingRows(ds.interactions.matrix[train_rows], ds.track_features, device)
     chosen = make_validator(validator, ds, cfg, device)
 
     torch.manual_seed(cfg.seed)

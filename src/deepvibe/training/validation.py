@@ -27,7 +27,7 @@ from deepvibe.data.dataset import Dataset
 from deepvibe.errors import DataError
 from deepvibe.model.inference import model_inputs, score_rows
 from deepvibe.model.vae import HybridVAE
-from deepvibe.ranking.metrics import DEFAULT_METRICS, evaluate_ranking, mask_seen, top_k
+from deepvibe.ranking.metrics import DEFAULT_METRICS, evaluate_ranking
 from deepvibe.ranking.protocol import FoldIn, foldin_split
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,9 @@ class CatalogueValidator:
     """Validation NDCG@100 and Recall@20/50 over the catalogue for the validation users.
 
     The fold-in rows are turned into model inputs once, on ``device``; every ``score`` then
-    only runs the model. The numbers equal ``metrics.evaluate_scorer(inference.scorer(model,
-    features), foldin, heldout)`` (same chunks, same ranking code).
+    only runs the model and ranks on the device (``torch.topk``, no float64 copy of the
+    scores). The numbers equal ``metrics.evaluate_scorer(inference.scorer(model, features),
+    foldin, heldout)`` (same chunks; the order can differ only between exactly equal scores).
     """
 
     name = "catalogue"
@@ -85,13 +86,15 @@ class CatalogueValidator:
         feats = torch.from_numpy(np.asarray(ds.track_features, dtype=np.float32)).to(device)
         foldin = self.split.foldin
         parts = [foldin[i : i + chunk_size] for i in range(0, foldin.shape[0], chunk_size)]
-        self.chunks = [(rows, *model_inputs(rows, feats)) for rows in parts]
+        self.chunks = [model_inputs(rows, feats) for rows in parts]
 
     def score(self, model: HybridVAE) -> dict[str, float]:
         ranked = []
-        for rows, x, profile in self.chunks:
-            scores = score_rows(model, x, profile)[1].cpu().numpy().astype(np.float64)
-            ranked.append(top_k(mask_seen(scores, rows), self.depth))
+        for x, profile in self.chunks:
+            scores = score_rows(model, x, profile)[1]  # (chunk, n_tracks) on the device
+            scores[x.row_ids(), x.indices] = -torch.inf  # the fold-in tracks
+            depth = min(self.depth, scores.shape[1])
+            ranked.append(torch.topk(scores, depth, dim=1, sorted=True).indices.cpu().numpy())
         return evaluate_ranking(np.concatenate(ranked), self.split.heldout, self.metrics)
 
 
