@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import statistics
@@ -158,8 +159,9 @@ class DenseVAE(nn.Module):
         return out[:, : self.n_tracks], out[:, self.n_tracks :], mu, logvar
 
 
-def dense_epochs(cfg: Config, ds: Dataset, epochs: int) -> list[float]:
-    """Seconds per epoch of the dense loop (d94dc13's loop body) over the training rows."""
+def dense_epochs(cfg: Config, ds: Dataset, epochs: int) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of each of ``epochs`` epochs of the dense loop (d94dc13's loop
+    body) over the training rows, after one warm-up epoch."""
     t = cfg.train
     user_items = ds.interactions.matrix[np.flatnonzero(ds.rows_of("train"))]
     feats = torch.from_numpy(ds.track_features)
@@ -169,8 +171,8 @@ def dense_epochs(cfg: Config, ds: Dataset, epochs: int) -> list[float]:
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     n_batches = math.ceil(user_items.shape[0] / t.batch_size)
     out = []
-    for epoch in range(1, epochs + 1):
-        started = time.perf_counter()
+    for epoch in range(1, epochs + 2):
+        started = clock()
         rng = np.random.default_rng([cfg.seed, 1000, epoch])
         noise = torch.Generator().manual_seed(epoch)
         order = rng.permutation(user_items.shape[0])
@@ -193,20 +195,53 @@ def dense_epochs(cfg: Config, ds: Dataset, epochs: int) -> list[float]:
             optimizer.step()
             for value in (parts.total, parts.reconstruction, parts.audio, parts.kl):
                 value.item()
-        out.append(time.perf_counter() - started)
-    return out
+        out.append(since(started))
+    return out[1:]
 
 
-def deepvibe_epochs(cfg: Config, ds: Dataset, epochs: int) -> list[float]:
-    """Seconds of each epoch of train() that ran no validation (the last one does)."""
-    sets = {"epochs": epochs + 1, "eval_every": 10_000}
+def clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    now = clock()
+    return now[0] - start[0], now[1] - start[1]
+
+
+class EpochStamps(logging.Handler):
+    """(wall, CPU) clock at each "epoch N: {row}" debug record train() logs once per epoch,
+    after its validation and before its files."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.stamps: list[tuple[float, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno == logging.DEBUG and record.getMessage().startswith("epoch "):
+            self.stamps.append(clock())
+
+    def epochs(self) -> list[tuple[float, float]]:
+        pairs = zip(self.stamps, self.stamps[1:], strict=False)
+        return [(b[0] - a[0], b[1] - a[1]) for a, b in pairs]
+
+
+def deepvibe_epochs(cfg: Config, ds: Dataset, epochs: int) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of ``epochs`` epochs of train() without validation: it runs
+    epochs + 2 (the first a warm-up, the last validates) and times those between."""
+    sets = {"epochs": epochs + 2, "eval_every": 10_000}
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=sets)})
-    result = train(cfg, dataset=ds, progress=False, write_files=False)
-    return [float(row["seconds"]) for row in result.history[:-1]]
+    logger, stamps = logging.getLogger("deepvibe"), EpochStamps()
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(stamps)
+    try:
+        train(cfg, dataset=ds, progress=False, write_files=False)
+    finally:
+        logger.removeHandler(stamps)
+    return stamps.epochs()[:-1]
 
 
-# Both versions log "epoch N: {row}" at debug level once per epoch, after validation and before
-# the epoch's files: the time between two such records is one whole epoch as a user sees it.
+# The same stamps in a fresh process for a package at another revision (which logs the same
+# "epoch N: {row}" record) or this one.
 _CHILD = """\
 import json, logging, sys, time, torch
 torch.set_num_threads(int(sys.argv[3]))
@@ -216,39 +251,34 @@ from deepvibe.training.train import train
 stamps = []
 class Stamp(logging.Handler):
     def emit(self, record):
-        if record.getMessage().startswith("epoch ") and record.levelno == logging.DEBUG:
-            stamps.append(record.created)
+        if record.levelno == logging.DEBUG and record.getMessage().startswith("epoch "):
+            stamps.append((time.perf_counter(), time.process_time()))
 logger = logging.getLogger("deepvibe")
 logger.setLevel(logging.DEBUG)
 logger.addHandler(Stamp())
 cfg = load_config(sys.argv[1], json.loads(sys.argv[2]))
 ds = build_dataset(cfg)
-out = {}
-for n in json.loads(sys.argv[4]):
-    stamps.clear()
-    c = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": n})})
-    r = train(c, dataset=ds, progress=False, write_files=sys.argv[5] == "files")
-    walls = [b - a for a, b in zip(stamps, stamps[1:])]
-    out[n] = {"walls": walls, "seconds": [h["seconds"] for h in r.history]}
-print(json.dumps(out))
+train(cfg, dataset=ds, progress=False, write_files=sys.argv[4] == "files")
+print(json.dumps([(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])]))
 """
 
 
 def run_package(
-    src: Path | None, cfg_path: Path, sets: list[str], epochs: list[int], files: bool
-) -> dict:
-    """train() for each number of epochs in a fresh process: the package at ``src`` (a
-    ``git archive`` of a revision, THP_MEM_ALLOC_ENABLE unset as it was then) or this one."""
+    src: Path | None, cfg_path: Path, sets: list[str], files: bool
+) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of each epoch after the first of train() in a fresh process: the
+    package at ``src`` (a ``git archive`` of a revision, run with THP_MEM_ALLOC_ENABLE unset
+    as it was then) or this one (``src`` None)."""
     env = dict(os.environ)
     if src is not None:
         env.pop("THP_MEM_ALLOC_ENABLE", None)
     env["PYTHONPATH"] = str((src or ROOT) / "src")
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, str(cfg_path), json.dumps(sets),
-         str(torch.get_num_threads()), json.dumps(epochs), "files" if files else "memory"],
+         str(torch.get_num_threads()), "files" if files else "memory"],
         env=env, check=True, capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
-    return {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    return [tuple(x) for x in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
 def git_source(rev: str, tmp: Path) -> Path:
@@ -262,18 +292,35 @@ def git_source(rev: str, tmp: Path) -> Path:
     return src
 
 
-def end_to_end(rev: str | None, cfg_path: Path, sets: list[str], epochs: int, tmp: Path) -> dict:
-    """Seconds per epoch of ``train()`` as a user runs it: validation every epoch, the log and
-    checkpoints written (the first epoch, a warm-up, is not counted)."""
+def end_to_end(
+    rev: str | None, cfg_path: Path, sets: list[str], epochs: int, tmp: Path
+) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds per epoch of ``train()`` as a user runs it: validation every epoch,
+    the log and checkpoints written (the first epoch, a warm-up, is not counted)."""
     src = git_source(rev, tmp) if rev else None
     out = tmp / f"e2e-{rev or 'here'}"
     paths = [f"paths.models_dir={out / 'models'}", f"paths.logs_dir={out / 'logs'}"]
-    run = run_package(src, cfg_path, sets + paths, [2 + epochs], files=True)[2 + epochs]
-    return {
-        "wall_per_epoch": statistics.median(run["walls"][1:]),
-        "log_seconds_per_epoch": statistics.median(run["seconds"][2:]),
-        "epochs": len(run["walls"]) - 1,
-    }
+    return run_package(src, cfg_path, [*sets, *paths, f"train.epochs={epochs + 1}"], files=True)
+
+
+def summarise(rows: dict[str, list[tuple[float, float]]], n_users: int, base: str) -> dict:
+    """Median wall and CPU milliseconds per user and epoch, and ratios to ``base``."""
+    table = {}
+    for label, times in rows.items():
+        wall = statistics.median(t[0] for t in times) / n_users * 1000
+        cpu = statistics.median(t[1] for t in times) / n_users * 1000
+        table[label] = {"wall_ms_per_user": wall, "cpu_ms_per_user": cpu, "epochs": len(times)}
+    for entry in table.values():
+        entry["wall_ratio"] = table[base]["wall_ms_per_user"] / entry["wall_ms_per_user"]
+        entry["cpu_ratio"] = table[base]["cpu_ms_per_user"] / entry["cpu_ms_per_user"]
+    print(f"  {'':44s} {'ms per user and epoch':>22s} {'baseline / this':>16s}")
+    print(f"  {'loop':44s} {'wall':>10s} {'CPU':>10s} {'wall':>8s} {'CPU':>8s}  epochs")
+    for label, e in table.items():
+        print(
+            f"  {label:44s} {e['wall_ms_per_user']:10.3f} {e['cpu_ms_per_user']:10.3f} "
+            f"{e['wall_ratio']:7.2f}x {e['cpu_ratio']:7.2f}x  {e['epochs']}"
+        )
+    return table
 
 
 def bench_speed(name: str, tmp: Path, args: argparse.Namespace) -> dict:
@@ -282,52 +329,36 @@ def bench_speed(name: str, tmp: Path, args: argparse.Namespace) -> dict:
     ds = build_dataset(cfg)
     n_users = int(ds.rows_of("train").sum())
     print(f"\n== {name}: {ds.summary()}; {n_users} training rows", flush=True)
-    rows: dict[str, list[float]] = {"dense baseline": [], "deepvibe fp32": []}
-    if args.bf16:
-        rows["deepvibe bf16"] = []
-    for rep in range(args.repeat):
-        # the first epoch of each run is a warm-up and is not counted
-        rows["dense baseline"] += dense_epochs(cfg, ds, args.epochs + 1)[1:]
-        rows["deepvibe fp32"] += deepvibe_epochs(cfg, ds, args.epochs + 1)[1:]
+    rows: dict[str, list[tuple[float, float]]] = {"dense baseline": [], "deepvibe fp32": []}
+    bf16 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": "bf16"})})
+    for rep in range(args.repeat):  # interleaved, so load changes hit every loop alike
+        rows["dense baseline"] += dense_epochs(cfg, ds, args.epochs)
+        rows["deepvibe fp32"] += deepvibe_epochs(cfg, ds, args.epochs)
         if args.bf16:
-            bf = cfg.model_copy(
-                update={"train": cfg.train.model_copy(update={"precision": "bf16"})}
-            )
-            rows["deepvibe bf16"] += deepvibe_epochs(bf, ds, args.epochs + 1)[1:]
-        print(f"  repeat {rep + 1}: load average {load_avg()}", flush=True)
-    if args.git_baseline:
-        src = git_source(args.git_baseline, tmp)
-        no_val = sets + ["train.eval_every=10000"]
-        old = run_package(src, cfg_path, no_val, [args.epochs + 2], files=False)
-        rows[f"package at {args.git_baseline} (subprocess)"] = old[args.epochs + 2]["seconds"][1:-1]
-    base = statistics.median(rows["dense baseline"]) / n_users
-    table = {}
-    print(f"  {'loop':40s} {'ms/user/epoch':>14s} {'s/epoch':>8s} {'vs dense':>9s}  epochs")
-    for label, secs in rows.items():
-        med = statistics.median(secs)
-        per_user = med / n_users
-        table[label] = {"ms_per_user": 1000 * per_user, "seconds_per_epoch": med, "n": len(secs)}
-        print(
-            f"  {label:40s} {1000 * per_user:14.3f} {med:8.2f} {base / per_user:8.2f}x  {len(secs)}"
-        )
-    result = {
-        "users": n_users,
-        "threads": torch.get_num_threads(),
-        "load": load_avg(),
-        "rows": table,
-    }
-    if args.end_to_end:
-        e2e_sets = sets + ["train.device=cpu"]
-        here = end_to_end(None, cfg_path, e2e_sets, args.epochs, tmp)
-        result["end_to_end"] = {"deepvibe": here}
-        print(f"  end to end, this package: {json.dumps(here)}")
+            rows.setdefault("deepvibe bf16", []).extend(deepvibe_epochs(bf16, ds, args.epochs))
         if args.git_baseline:
-            then = end_to_end(args.git_baseline, cfg_path, sets, args.epochs, tmp)
-            result["end_to_end"][args.git_baseline] = then
-            ratio = then["wall_per_epoch"] / here["wall_per_epoch"]
-            print(f"  end to end, package at {args.git_baseline}: {json.dumps(then)}; "
-                  f"ratio {ratio:.2f}x")  # fmt: skip
-        print(f"  load average {load_avg()}")
+            src = git_source(args.git_baseline, tmp)
+            no_val = [*sets, "train.eval_every=10000", f"train.epochs={args.epochs + 2}"]
+            label = f"package at {args.git_baseline} (subprocess)"
+            rows.setdefault(label, []).extend(run_package(src, cfg_path, no_val, False)[:-1])
+        print(f"  repeat {rep + 1}: load average {load_avg()}", flush=True)
+    print("  training epochs without validation or files:")
+    table = summarise(rows, n_users, "dense baseline")
+    result = {"users": n_users, "threads": torch.get_num_threads(), "load": load_avg()}
+    result["loops"] = table
+    if args.end_to_end:
+        e2e: dict[str, list[tuple[float, float]]] = {}
+        for _ in range(args.repeat):
+            if args.git_baseline:
+                label = f"package at {args.git_baseline}"
+                e2e.setdefault(label, []).extend(
+                    end_to_end(args.git_baseline, cfg_path, sets, args.epochs, tmp)
+                )
+            here = end_to_end(None, cfg_path, [*sets, "train.device=cpu"], args.epochs, tmp)
+            e2e.setdefault("this package", []).extend(here)
+        print("  whole epochs as `deepvibe train` runs them (validation, log, checkpoints):")
+        result["end_to_end"] = summarise(e2e, n_users, next(iter(e2e)))
+    print(f"  load average {load_avg()}", flush=True)
     return result
 
 
