@@ -36,6 +36,24 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config key: section.key=value (repeatable)."),
 ]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="auto, cpu, cuda or mps (default: train.device; auto = cuda, else mps, else cpu).",
+    ),
+]
+
+
+def device_override(device: str | None) -> list[str]:
+    """``--device X`` as a ``--set train.device=X`` override (checked here: a usage error)."""
+    from deepvibe.model.device import DEVICES
+
+    if device is None:
+        return []
+    if device not in DEVICES:
+        raise fail(f"--device must be one of {', '.join(DEVICES)}, got {device!r}", 2)
+    return [f"train.device={device}"]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -129,13 +147,14 @@ def train(
         bool | None,
         typer.Option("--progress/--no-progress", help="Progress bar (default: on a tty)."),
     ] = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Train the hybrid VAE; keep the best checkpoint by validation NDCG@100."""
     from deepvibe.fileio import ensure_writable_dir
     from deepvibe.logs import file_log
     from deepvibe.training.train import train as run_training
 
-    cfg = load_cfg(config, set_)
+    cfg = load_cfg(config, [*(set_ or []), *device_override(device)])
     logs_dir = ensure_writable_dir(cfg.paths.logs_dir, "log folder (paths.logs_dir)")
     with file_log(logs_dir / "training_detailed.log"):
         result = run_training(cfg, resume=resume, progress=progress)
@@ -314,6 +333,14 @@ def discover(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: tty).")
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="auto, cpu, cuda or mps for the model (default: train.device of --config, "
+            "else auto).",
+        ),
+    ] = None,
 ) -> None:
     """Recommend tracks by Vibe DNA; write recommendations/{user}/{user}_{epoch}_{mode}.csv."""
     from deepvibe.config import apply_overrides, config_from_dict
@@ -327,6 +354,7 @@ def discover(
         load_training_users,
         write_report,
     )
+    from deepvibe.model.device import resolve_device
     from deepvibe.training.checkpoint import load_checkpoint
 
     if user_ids and all_users:
@@ -352,6 +380,9 @@ def discover(
         ck = load_checkpoint(ck_path)
         label = f"{ck_path} (stored config)" + (" + --set" if extra else "")
         cfg = config_from_dict(apply_overrides(ck.config, extra), source=label)
+    device_override(device)  # a usage error for an unknown name
+    # The stored config says where the model was trained, not where it should run now.
+    ck.model.to(resolve_device(device or (cfg.train.device if config is not None else "auto")))
 
     if history is not None:
         from deepvibe.data.tables import TrackTable
@@ -441,6 +472,7 @@ def evaluate(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Progress bars.")
     ] = False,
+    device: DeviceOpt = None,
 ) -> None:
     """Strong-generalization offline evaluation of deepvibe and baselines (mean ±std over seeds)."""
     from deepvibe.errors import ConfigError
@@ -453,7 +485,7 @@ def evaluate(
     )
     from deepvibe.evaluation.evaluate import evaluate as run_evaluation
 
-    cfg = load_cfg(config, set_)
+    cfg = load_cfg(config, [*(set_ or []), *device_override(device)])
     lambdas = DEFAULT_EASE_LAMBDAS
     if ease_lambdas is not None:
         try:
@@ -474,7 +506,7 @@ def evaluate(
         multvae_epochs=multvae_epochs,
         progress=progress,
     )
-    report = run_evaluation(cfg, settings, checkpoint=checkpoint)
+    report = run_evaluation(cfg, settings, checkpoint=checkpoint, device=device)
     typer.echo(format_report(report))
     if json_out is not None:
         typer.echo(f"\nreport: {write_report(report, json_out)}")

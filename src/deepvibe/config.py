@@ -107,6 +107,8 @@ class TrainConfig(_Section):
     eval_every: int = Field(1, gt=0)
     snapshot_every: int = Field(10, gt=0)
     max_grad_norm: float | None = Field(None, gt=0.0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: measured in docs/BENCHMARKS.md
 
 
 class DiscoverConfig(_Section):

@@ -165,27 +165,29 @@ def test_summarise_and_write_report(tmp_path: Path) -> None:
     assert data["x"] is None and data["y"] == 0.5
 
 
-def test_restore_best_returns_the_best_epochs_weights(
-    toy_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_restore_best_returns_the_best_epochs_weights(toy_dir: Path, tmp_path: Path) -> None:
     """Validation scripted to peak at epoch 2 of 4: the returned weights must be epoch 2's
     (training is deterministic, so a run stopped after epoch 2 has exactly those)."""
     import torch
 
-    import deepvibe.training.train as train_module
     from deepvibe.config import load_config
+
+    class Scripted:  # a validator (deepvibe.training.validation) that replays given scores
+        name = "scripted"
+
+        def __init__(self) -> None:
+            self.values = iter([0.1, 0.5, 0.2, 0.3])
+
+        def score(self, model) -> dict[str, float]:
+            return {"ndcg@100": next(self.values)}
 
     cfg = load_config(config_file(tmp_path, toy_dir, **{"train.epochs": 4}))
     after_two = train(cfg, progress=False, write_files=False, stop_after_epoch=2).model
-    scripted = iter([0.1, 0.5, 0.2, 0.3])
-    monkeypatch.setattr(
-        train_module, "evaluate_scorer", lambda *a, **k: {"ndcg@100": next(scripted)}
-    )
-    result = train(cfg, progress=False, write_files=False, restore_best=True)
+    result = train(cfg, progress=False, write_files=False, restore_best=True, validator=Scripted())
     assert (result.best_epoch, result.best_metric, result.epochs_done) == (2, 0.5, 4)
     for name, value in result.model.state_dict().items():
         assert torch.equal(value, after_two.state_dict()[name]), name
     assert not (tmp_path / "models").exists()  # nothing written
-    scripted = iter([0.1, 0.5, 0.2, 0.3])
-    last = train(cfg, progress=False, write_files=False).model  # without it: the last epoch
+    # without restore_best: the last epoch
+    last = train(cfg, progress=False, write_files=False, validator=Scripted()).model
     assert any(not torch.equal(v, after_two.state_dict()[k]) for k, v in last.state_dict().items())

@@ -484,9 +484,16 @@ def versions() -> dict[str, str]:
 
 
 def evaluate(
-    cfg: Config, settings: EvalSettings, checkpoint: str | Path | None = None
+    cfg: Config,
+    settings: EvalSettings,
+    checkpoint: str | Path | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Run every seed and return the full report (see :func:`summarise` for its summary)."""
+    """Run every seed and return the full report (see :func:`summarise` for its summary).
+
+    ``device`` (auto|cpu|cuda|mps) runs a ``checkpoint``'s model there (default auto: its
+    stored config says where it was trained, not where to run); models trained here run on
+    ``cfg.train.device``."""
     from deepvibe.data.catalogue import load_catalogue_features
     from deepvibe.data.tables import load_interactions
 
@@ -498,6 +505,11 @@ def evaluate(
             raise ConfigError("--checkpoint evaluates one trained model: use --seeds 1")
         ck = load_checkpoint(checkpoint)
         cfg = config_from_dict(ck.config, source=f"{ck.path} (stored config)")
+        from deepvibe.model.device import resolve_device
+
+        where = resolve_device(device or "auto")
+        ck.model.to(where)
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": where.type})})
         log.warning(
             "evaluating %s on its own validation users (its training run had no test split, "
             "and chose its epoch on them): numbers are optimistic; for honest figures run "

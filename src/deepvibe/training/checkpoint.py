@@ -10,7 +10,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,9 @@ class Checkpoint:
     artists: np.ndarray | None = None
     # set only in a snapshot taken inside an epoch (Ctrl-C): where to pick the epoch up again
     resume_state: dict[str, Any] | None = None
+    # the validator that chose this epoch, and what it asked to keep (best checkpoint only)
+    validation: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(
@@ -67,18 +70,24 @@ def save_checkpoint(
     names: np.ndarray | None = None,
     artists: np.ndarray | None = None,
     resume_state: dict[str, Any] | None = None,
+    validation: str | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> None:
     """Write atomically: a kill at any moment leaves the previous file intact.
 
     ``resume_state`` (tensors, numbers and strings only) marks a snapshot taken inside an
     epoch; :func:`deepvibe.training.train.train` uses it to continue from the same batch.
+    Without ``optimizer`` the file serves for inference only (it cannot be resumed).
+    ``validation`` names the validator that chose this epoch; ``extras`` is what it asked to
+    keep (weights_only-safe values only). Tensors are written as they are, from any device;
+    :func:`load_checkpoint` reads them onto the CPU.
     """
     payload: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "arch": model.arch.to_dict(),
         "model_state": model.state_dict(),
-        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer_state": None if optimizer is None else optimizer_state(optimizer, model),
         "epoch": int(epoch),
         "step": int(step),
         "config": config,
@@ -95,6 +104,8 @@ def save_checkpoint(
         "names": None if names is None else [str(n) for n in names],
         "artists": None if artists is None else [str(a) for a in artists],
         "resume_state": resume_state,
+        "validation": validation,
+        "extras": dict(extras or {}),
     }
     try:
         with atomic_path(path) as tmp:
@@ -225,4 +236,51 @@ def _from_payload(raw: dict[str, Any], p: Path) -> Checkpoint:
         names=opt_array("names"),
         artists=opt_array("artists"),
         resume_state=raw.get("resume_state"),
+        validation=raw.get("validation"),
+        extras=dict(raw.get("extras") or {}),
     )
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, model: HybridVAE) -> dict[str, Any]:
+    """``optimizer.state_dict()`` in the checkpoint's layout: the state of a parameter the
+    model holds transposed (the sparse first layer) is stored as ``state_dict`` shows it
+    (a transposed view: no copy is made to save it)."""
+    return _relayout(optimizer.state_dict(), optimizer, model, contiguous=False)
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], model: HybridVAE
+) -> None:
+    """Inverse of :func:`optimizer_state`; raises ValueError when a state tensor does not fit
+    its parameter (another network)."""
+    state = _relayout(state, optimizer, model, contiguous=True)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    ids = [i for group in state["param_groups"] for i in group["params"]]
+    if len(ids) != len(params):
+        raise ValueError(f"{len(ids)} parameters in the saved state, {len(params)} in the model")
+    for p, i in zip(params, ids, strict=True):
+        for key, value in state["state"].get(i, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
+                raise ValueError(f"state {key} of parameter {i} has shape {tuple(value.shape)}")
+    optimizer.load_state_dict(state)
+
+
+def _relayout(
+    state: dict[str, Any], optimizer: torch.optim.Optimizer, model: HybridVAE, contiguous: bool
+) -> dict[str, Any]:
+    """Transpose the 2-d state tensors of the model's transposed parameters (an involution)."""
+    transposed = {id(p) for p in model.transposed_parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    ids = [i for group in state.get("param_groups", []) for i in group["params"]]
+    per_param = dict(state.get("state", {}))
+    for p, i in zip(params, ids, strict=False):
+        if id(p) in transposed and i in per_param:
+            per_param[i] = {
+                k: _transposed(v, contiguous) if isinstance(v, torch.Tensor) and v.dim() == 2 else v
+                for k, v in per_param[i].items()
+            }
+    return {**state, "state": per_param}
+
+
+def _transposed(t: torch.Tensor, contiguous: bool) -> torch.Tensor:
+    return t.t().contiguous() if contiguous else t.t()

@@ -1,0 +1,70 @@
+"""Devices and precision. Each device test runs on every device torch sees here: the CPU
+always, CUDA and MPS where present (skipped with a reason elsewhere, never failed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepvibe.errors import ConfigError
+from deepvibe.model.device import autocast, model_device, resolve_device
+from deepvibe.model.inference import encode_and_score
+from deepvibe.model.vae import HybridVAE, VAEArch
+
+_MPS = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
+    ),
+    pytest.param("mps", marks=pytest.mark.skipif(not _MPS, reason="no MPS device here")),
+]
+
+
+def test_auto_prefers_cuda_then_mps_then_cpu() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "mps" if _MPS else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_unknown_device_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="train.device"):
+        resolve_device("gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_says_what_to_do() -> None:
+    with pytest.raises(ConfigError, match="--device cpu"):
+        resolve_device("cuda")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inference_on_device_matches_cpu(device: str) -> None:
+    torch.manual_seed(0)
+    model = HybridVAE(VAEArch(30, 3, (16,), 4))
+    plays = np.zeros((3, 30), dtype=np.float32)
+    plays[0, :5], plays[1, 10:20] = 2, 1
+    feats = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+    mu_cpu, s_cpu = encode_and_score(model, plays, feats)
+    model.to(resolve_device(device))
+    assert model_device(model).type == device
+    mu, s = encode_and_score(model, plays, feats)  # NumPy back on the host
+    assert np.allclose(mu, mu_cpu, atol=1e-4) and np.allclose(s, s_cpu, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_stays_close_to_fp32(device: str) -> None:
+    where = resolve_device(device)
+    torch.manual_seed(0)
+    model = HybridVAE(VAEArch(200, 0, (64,), 16)).to(where)
+    x = (torch.rand(8, 200) > 0.9).float().to(where)
+    profile = torch.zeros(8, 0, device=where)
+    with autocast(where, "fp32"):
+        full = model.encode(x, profile)[0]
+    with autocast(where, "bf16"):
+        half = model.encode(x, profile)[0]
+    assert half.dtype == torch.bfloat16  # the matrix products really ran in bf16
+    assert torch.allclose(half.float(), full, atol=0.05, rtol=0.05)
+    assert not torch.equal(half.float(), full)
