@@ -206,7 +206,7 @@ def _parse_frame(
         complete &= ~(text | missing)
     popularity = None
     if cols.popularity and cols.popularity in frame.columns:
-        popularity = pd.to_numeric(frame[cols.popularity], errors="coerce").to_numpy(np.float64)
+        popularity = np.array(pd.to_numeric(frame[cols.popularity], errors="coerce"), float)
         popularity[~np.isfinite(popularity)] = np.nan
         wrong = np.isfinite(popularity) & ((popularity < 0) | (popularity > 100))
         if wrong.any():

@@ -267,7 +267,7 @@ class Discoverer:
     def _block_size(self, n: int, batch: UserBatch) -> int:
         """Users per block: the configured size, fewer when the top-k buffers would be big."""
         k = n + int(np.diff(batch.history_matrix.indptr).max(initial=0))
-        return max(MODEL_ROWS, min(self.settings.user_block, _BUFFER_CELLS // (2 * k + 1024)))
+        return max(1, min(self.settings.user_block, _BUFFER_CELLS // (2 * k + 1024)))
 
     # -- one block
 
