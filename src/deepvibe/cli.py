@@ -341,19 +341,21 @@ def discover(
             "else auto).",
         ),
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write every user's recommendations to this one Parquet table (user, rank, "
+            "track_id, score, ...) instead of a folder per user.",
+        ),
+    ] = None,
 ) -> None:
     """Recommend tracks by Vibe DNA; write recommendations/{user}/{user}_{epoch}_{mode}.csv."""
     from deepvibe.config import apply_overrides, config_from_dict
-    from deepvibe.discovery.discoverer import (
-        Discoverer,
-        align_users,
-        checkpoint_label,
-        format_dna,
-        format_top,
-        load_history,
-        load_training_users,
-        write_report,
-    )
+    from deepvibe.data.history import load_history
+    from deepvibe.discovery.discoverer import Discoverer, write_discoveries
+    from deepvibe.discovery.report import checkpoint_label, format_dna, format_top
+    from deepvibe.discovery.users import align_users, load_training_users
     from deepvibe.model.device import resolve_device
     from deepvibe.training.checkpoint import load_checkpoint
 
@@ -365,6 +367,8 @@ def discover(
         raise fail(f"--source must be db or catalogue, got {source!r}", 2)
     if temperature is not None and not temperature > 0:
         raise fail(f"--temperature must be > 0, got {temperature}", 2)
+    if out is not None and out.suffix.lower() not in (".parquet", ".pq"):
+        raise fail(f"--out must name a .parquet file, got {str(out)!r}", 2)
     extra = list(set_ or [])
     if temperature is not None:
         extra.append(f"discover.temperature={temperature!r}")
@@ -384,13 +388,9 @@ def discover(
     # The stored config says where the model was trained, not where it should run now.
     ck.model.to(resolve_device(device or (cfg.train.device if config is not None else "auto")))
 
-    if history is not None:
-        from deepvibe.data.tables import TrackTable
-
-        names = TrackTable(
-            ck.track_ids, ck.track_features, ck.scaler.columns, ck.popularity, ck.names, ck.artists
-        )  # matches Spotify account-data plays (no ids) by artist and title
-        inter, origin = load_history(history, cfg.data, names), str(history)
+    found = Discoverer.from_checkpoint(ck, cfg, source=source, progress=progress)
+    if history is not None:  # account-data plays are matched by name: catalogue and database
+        inter, origin = load_history(history, cfg.data, found.history_names()), str(history)
     else:
         inter, origin = load_training_users(cfg.data), str(cfg.data.interactions)
     batch = align_users(inter, ck.track_ids, None if all_users else user_ids or None, origin)
@@ -401,9 +401,7 @@ def discover(
             history, int(batch.unknown.sum()), len(ck.track_ids),
         )  # fmt: skip
 
-    found = Discoverer.from_checkpoint(ck, cfg, source=source, progress=progress)
     mode = "gems" if gems else "standard"
-    results = found.discover(batch.plays, None, mode, batch.history, batch.users)
     tag = checkpoint_label(Path(ck_path), cfg.paths.best_checkpoint, ck.epoch)
     s, db = found.settings, found.database
     if db is not None:
@@ -413,18 +411,28 @@ def discover(
         where = "model's catalogue"
         scanned = f"catalogue ({len(ck.track_ids):,} tracks, decoder scores)"
     gem_note = f", lambda {s.gems_lambda}" if gems else ""
+    if gems and db is not None and db.unknown_popularity:
+        gem_note += f"; {db.unknown_popularity:,} tracks of unknown popularity not ranked"
     typer.echo(
         f"model {ck_path} (epoch {ck.epoch}); {scanned}; {mode}{gem_note}; T {s.temperature}"
     )
-    verbose_out = len(results) <= 10
-    for res in results:
-        report, dna = write_report(res, cfg.paths.recommendations_dir, tag, ck.scaler.columns)
-        if verbose_out:
-            typer.echo("")
-            typer.echo(format_dna(res, ck.scaler.columns, where))
-            typer.echo(f"Top 10 of {len(res.table)} for {res.user}:")
-            typer.echo(format_top(res, 10))
-        typer.echo(f"report: {report}  (DNA: {dna.name})")
+    verbose_out = len(batch.users) <= 10
+    n_rows = 0
+    written = write_discoveries(found, batch, mode, tag, cfg.paths.recommendations_dir, out)
+    for block, paths in written:
+        n_rows += len(block.table)
+        for u in range(len(block)):
+            if verbose_out:
+                res = block.discovery(u)
+                typer.echo("")
+                typer.echo(format_dna(res, ck.scaler.columns, where))
+                typer.echo(f"Top 10 of {len(res.table)} for {res.user}:")
+                typer.echo(format_top(res, 10))
+            if paths:
+                report, dna = paths[u]
+                typer.echo(f"report: {report}  (DNA: {dna.name})")
+    if out is not None:
+        typer.echo(f"recommendations: {out} ({len(batch.users):,} users, {n_rows:,} rows)")
 
 
 @app.command()
@@ -481,7 +489,7 @@ def evaluate(
         EvalSettings,
         format_report,
         parse_baselines,
-        write_report,
+        write_evaluation_json,
     )
     from deepvibe.evaluation.evaluate import evaluate as run_evaluation
 
@@ -509,7 +517,7 @@ def evaluate(
     report = run_evaluation(cfg, settings, checkpoint=checkpoint, device=device)
     typer.echo(format_report(report))
     if json_out is not None:
-        typer.echo(f"\nreport: {write_report(report, json_out)}")
+        typer.echo(f"\nreport: {write_evaluation_json(report, json_out)}")
 
 
 @app.command()

@@ -120,6 +120,7 @@ class DiscoverConfig(_Section):
     top_n: int = Field(1000, gt=0)
     source: Literal["auto", "db", "catalogue"] = "auto"
     chunk_size: int = Field(262_144, gt=0)
+    user_block: int = Field(1024, gt=0)
 
 
 class PathsConfig(_Section):

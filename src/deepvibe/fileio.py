@@ -65,6 +65,82 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+class AtomicBatch:
+    """Many files written atomically with one flush to disk instead of one per file.
+
+    Each file goes to a temporary name beside its target (:meth:`path`); :meth:`commit` syncs
+    the file system once, renames every file onto its target, and syncs once more for the
+    renames. Readers never see half a file, and a crash leaves each file old or new.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path]] = []
+
+    def path(self, target: str | os.PathLike[str]) -> Path:
+        """A temporary path to write ``target``'s new content to."""
+        final = Path(target)
+        if final.is_dir():
+            raise DeepVibeError(f"{final}: is a folder; give a file name to write to")
+        _make_folder(final.parent, "output folder")
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        except OSError as exc:
+            raise DeepVibeError(
+                f"{final.parent}: cannot write here ({exc.strerror}); choose a writable location"
+            ) from exc
+        os.close(fd)
+        os.chmod(name, 0o666 & ~_umask())
+        self._pending.append((Path(name), final))
+        return Path(name)
+
+    @contextlib.contextmanager
+    def open(self, target: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+        """``target``'s temporary file, opened for binary writing."""
+        with open(self.path(target), "wb") as fh:
+            yield fh
+
+    def commit(self) -> None:
+        if not self._pending:
+            return
+        _sync_all([tmp for tmp, _ in self._pending])
+        for tmp, final in self._pending:
+            os.replace(tmp, final)
+        _sync_all([final.parent for _, final in self._pending])
+        self._pending.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self._pending:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self._pending.clear()
+
+
+def _sync_all(paths: list[Path]) -> None:
+    """Flush written files (or renames in folders) to disk: one ``sync`` where there is one,
+    else an fsync per distinct path."""
+    if hasattr(os, "sync"):
+        os.sync()
+        return
+    for p in dict.fromkeys(paths):  # pragma: no cover - Windows
+        if p.is_dir():
+            _fsync_dir(p)
+        else:
+            with contextlib.suppress(OSError), open(p, "rb+") as fh:
+                os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def atomic_batch() -> Iterator[AtomicBatch]:
+    """An :class:`AtomicBatch` committed when the block succeeds, discarded when it fails."""
+    batch = AtomicBatch()
+    try:
+        yield batch
+        batch.commit()
+    except BaseException:
+        batch.discard()
+        raise
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file for writing; it replaces ``path`` only when the block succeeds."""
@@ -278,6 +354,7 @@ def _missing_columns_message(path: Path, what: str, missing: list[str], have: li
 
 # OWASP's list plus the full-width forms (U+FF1D/0B/0D/20) that some spreadsheets also accept.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+FORMULA_PREFIXES = _FORMULA_START  # for writers that neutralise whole columns at once
 
 
 def neutralise_formula(text: object) -> object:

@@ -16,7 +16,12 @@ from conftest import small_config
 from deepvibe.cli import app
 from deepvibe.config import DiscoverConfig
 from deepvibe.data.tables import FeatureScaler, load_track_table
-from deepvibe.discovery import discoverer as dv
+from deepvibe.discovery import database as dbm
+from deepvibe.discovery import dna as dnamod
+from deepvibe.discovery import report as rep
+from deepvibe.discovery import scan
+from deepvibe.discovery import users as du
+from deepvibe.discovery.discoverer import Discoverer
 from deepvibe.errors import DataError
 from deepvibe.training.checkpoint import load_checkpoint
 from deepvibe.training.train import train
@@ -41,18 +46,18 @@ def run(toy_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def finder(run) -> dv.Discoverer:
-    return dv.Discoverer.from_checkpoint(run.best_checkpoint_path, progress=False)
+def finder(run) -> Discoverer:
+    return Discoverer.from_checkpoint(run.best_checkpoint_path, progress=False)
 
 
 @pytest.fixture(scope="module")
-def users(run, finder, toy) -> dv.UserBatch:
+def users(run, finder, toy) -> du.UserBatch:
     """Three training users from each taste group."""
-    inter = dv.load_training_users(run.data)
+    inter = du.load_training_users(run.data)
     picked = []
     for g in range(4):
         picked += [u for u in inter.user_ids if toy.user_group[u] == g][:3]
-    return dv.align_users(inter, finder.track_ids, picked)
+    return du.align_users(inter, finder.track_ids, picked)
 
 
 def _group_share(ids: pd.Series, toy, group: int) -> float:
@@ -96,7 +101,7 @@ def test_history_is_never_recommended(finder, users) -> None:
         assert len(res.table) == len(db_ids) - len(hist & db_ids)
         assert not set(res.table["track_id"]) & hist
     # The catalogue view: the decoder ranks the user's own tracks highest, yet none come back.
-    cat = dv.Discoverer(
+    cat = Discoverer(
         finder.model, finder.track_ids, finder.scaler, finder.track_features, DiscoverConfig()
     )
     scores = cat.scores(users.plays)
@@ -128,18 +133,18 @@ def test_two_runs_give_identical_reports(run, tmp_path: Path) -> None:
 def test_dna_temperature_limits(finder, users) -> None:
     scores = finder.scores(users.plays)  # (B, n)
     feats = finder.track_features.astype(np.float64)
-    cold = dv.vibe_dna(scores, feats, 1e-6)
+    cold = dnamod.vibe_dna(scores, feats, 1e-6)
     assert np.allclose(cold, feats[scores.argmax(axis=1)], atol=1e-6)
-    hot = dv.vibe_dna(scores, feats, 1e6)
+    hot = dnamod.vibe_dna(scores, feats, 1e6)
     assert np.allclose(hot, feats.mean(axis=0), atol=1e-4)
     # top-k: at a huge temperature, the plain mean of the k best tracks
     top5 = np.argsort(-scores, axis=1)[:, :5]
     assert np.allclose(
-        dv.vibe_dna(scores, feats, 1e6, top_k=5), feats[top5].mean(axis=1), atol=1e-4
+        dnamod.vibe_dna(scores, feats, 1e6, top_k=5), feats[top5].mean(axis=1), atol=1e-4
     )
     # in between, the DNA moves away from the top track as T grows
     dist = [
-        np.linalg.norm(dv.vibe_dna(scores, feats, t) - cold, axis=1).mean()
+        np.linalg.norm(dnamod.vibe_dna(scores, feats, t) - cold, axis=1).mean()
         for t in (0.01, 0.1, 1.0)
     ]
     assert dist[0] < dist[1] < dist[2]
@@ -166,7 +171,7 @@ def test_history_user_gets_recommendations_without_retraining(run, finder, toy, 
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "4 played tracks are not in the model's catalogue" in res.output
-    name = dv.user_folder_name("new listener")
+    name = rep.user_folder_name("new listener")
     report = pd.read_csv(out / name / f"{name}_best_standard.csv")
     assert len(report) == 50
     assert _group_share(report["track_id"], toy, 1) >= 0.9
@@ -192,7 +197,7 @@ def _brute_force(
     frame = pd.read_csv(db_path).drop_duplicates("track_id").dropna(subset=list(FEATURES))
     frame = frame[~frame["track_id"].isin(exclude)]
     feats = scaler.transform(frame[list(FEATURES)].to_numpy(np.float64))
-    sims = dv.similarity_to(dna, feats.astype(np.float32), "cosine")
+    sims = dnamod.similarity_to(dna, feats.astype(np.float32), "cosine")
     score = sims if lam is None else sims - lam * frame["popularity"].to_numpy() / 100
     if ceiling is not None:
         score = np.where(frame["popularity"].to_numpy() <= ceiling, score, -np.inf)
@@ -205,7 +210,7 @@ def test_chunked_scan_matches_brute_force(finder, users, chunk_size) -> None:
     db = finder.database
     dna = finder.dna(finder.scores(users.plays[:2]))
     for mode, lam, ceiling in (("standard", None, None), ("gems", 0.5, 40.0)):
-        hits = dv.scan_database(
+        hits = scan.scan_database(
             db, finder.scaler, dna, 30, gems_lambda=lam, popularity_ceiling=ceiling,
             chunk_size=chunk_size, extra=len(users.history[0] | users.history[1]), progress=False,
         )  # fmt: skip
@@ -227,15 +232,15 @@ def test_similarity_to_known_values() -> None:
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(50, 12))
     p = rng.normal(size=12)
-    pearson = dv.similarity_to(p, feats, "pearson")
+    pearson = dnamod.similarity_to(p, feats, "pearson")
     assert np.allclose(pearson, [np.corrcoef(p, row)[0, 1] for row in feats])
-    cosine = dv.similarity_to(p, feats, "cosine")
+    cosine = dnamod.similarity_to(p, feats, "cosine")
     assert np.allclose(cosine, feats @ p / np.linalg.norm(feats, axis=1) / np.linalg.norm(p))
-    batch = dv.similarity_to(np.stack([p, -p]), feats, "cosine")
+    batch = dnamod.similarity_to(np.stack([p, -p]), feats, "cosine")
     assert batch.shape == (2, 50) and np.allclose(batch[1], -cosine)
-    assert np.allclose(dv.similarity_to(np.zeros(12), feats, "pearson"), 0.0)  # 0, not NaN
+    assert np.allclose(dnamod.similarity_to(np.zeros(12), feats, "pearson"), 0.0)  # 0, not NaN
     with pytest.raises(ValueError, match="3 features"):
-        dv.similarity_to(np.zeros(3), feats)
+        dnamod.similarity_to(np.zeros(3), feats)
 
 
 def _copy_db(toy, path: Path, transform=None) -> Path:
@@ -246,8 +251,8 @@ def _copy_db(toy, path: Path, transform=None) -> Path:
     return path
 
 
-def _open(path: Path, **kw) -> dv.TrackDatabase:
-    return dv.TrackDatabase.open(
+def _open(path: Path, **kw) -> dbm.TrackDatabase:
+    return dbm.TrackDatabase.open(
         path, FEATURES, "track_id", "popularity", "track_name", "artists", **kw
     )
 
@@ -260,7 +265,7 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(toy, tmp_path, monk
     def no_parse(*a, **k):
         raise AssertionError("the CSV was parsed again")
 
-    monkeypatch.setattr(dv, "load_track_table", no_parse)
+    monkeypatch.setattr(dbm, "iter_track_chunks", no_parse)
     again = _open(src)  # cache hit: no parsing
     assert again.n_tracks == first.n_tracks
     monkeypatch.undo()
@@ -305,7 +310,7 @@ def test_incomplete_and_duplicate_rows_are_skipped_and_reported(toy, tmp_path, c
 def test_cache_written_atomically_only(toy, tmp_path, monkeypatch) -> None:
     src = _copy_db(toy, tmp_path / "db.csv", lambda f: f.iloc[:300])
     # Fail after every row is written, while the quantiles are computed.
-    monkeypatch.setattr(dv, "_QUANTILES", np.array([2.0]))
+    monkeypatch.setattr(dbm, "_QUANTILES", np.array([2.0]))
     with pytest.raises(ValueError):
         _open(src)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db.csv"]  # no partial cache
@@ -329,7 +334,7 @@ def test_recommend_api_and_catalogue_source(finder, users) -> None:
     assert ids.shape == (10,) and (np.diff(scores) <= 0).all()
     batch_ids, batch_scores = finder.recommend(users.plays[:3], N=10)
     assert batch_ids.shape == (3, 10) and list(batch_ids[0]) == list(ids)
-    cat = dv.Discoverer(
+    cat = Discoverer(
         finder.model, finder.track_ids, finder.scaler, finder.track_features, DiscoverConfig(),
         catalogue_meta={"popularity": np.zeros(len(finder.track_ids))},
     )  # fmt: skip
@@ -343,7 +348,7 @@ def test_recommend_api_and_catalogue_source(finder, users) -> None:
 
 
 def test_report_is_safe(tmp_path) -> None:
-    table = dv._finish_table(
+    table = rep.finish_table(
         pd.DataFrame({
             "track_id": ["4uLU6hMCjMI75M1A2tKUQC", "=cmd|' /C calc'!A0"],
             "track_name": ["+SUM(A1)", "ok"], "artists": ["@x", "-y"],
@@ -351,17 +356,17 @@ def test_report_is_safe(tmp_path) -> None:
         }),
         "similarity",
     )  # fmt: skip
-    res = dv.Discovery("../../etc/passwd", "standard", "db", np.zeros(12), np.zeros(12),
+    res = rep.Discovery("../../etc/passwd", "standard", "db", np.zeros(12), np.zeros(12),
                        np.zeros(12), table)  # fmt: skip
-    report, dna = dv.write_report(res, tmp_path / "recs", "best", FEATURES)
+    report, dna = rep.write_recommendations(res, tmp_path / "recs", "best", FEATURES)
     assert (tmp_path / "recs") in report.parents and report.parent == dna.parent
     assert report.parent.parent == (tmp_path / "recs").resolve()
     text = report.read_text()
     assert "'=cmd" in text and "'+SUM" in text and "'@x" in text and "'-y" in text
     assert "https://open.spotify.com/track/4uLU6hMCjMI75M1A2tKUQC" in text
     assert pd.read_csv(report)["spotify_url"].isna().iloc[1]  # not a Spotify id: no link
-    assert dv.user_folder_name("a/b") != dv.user_folder_name("a_b")
-    assert dv.user_folder_name("user_1") == "user_1"
+    assert rep.user_folder_name("a/b") != rep.user_folder_name("a_b")
+    assert rep.user_folder_name("user_1") == "user_1"
 
 
 # ----------------------------------------------------------------------------- CLI errors
@@ -433,13 +438,13 @@ def test_load_history_formats(tmp_path) -> None:
         "user_id,track_id\nu,spotify:track:4uLU6hMCjMI75M1A2tKUQC\n"
         "u,https://open.spotify.com/track/4uLU6hMCjMI75M1A2tKUQC\nv,abc\n"
     )
-    inter = dv.load_history(p)
+    inter = du.load_history(p)
     assert list(inter.user_ids) == ["u", "v"]
     assert inter.matrix.toarray().tolist() == [[2.0, 0.0], [0.0, 1.0]]  # repeats summed
     bad = tmp_path / "bad.csv"
     bad.write_text("listener,song\na,b\n")
     with pytest.raises(DataError, match="user_id and track_id"):
-        dv.load_history(bad)
+        du.load_history(bad)
 
 
 def test_load_track_table_contract_used_by_the_cache(toy, tmp_path) -> None:
@@ -454,6 +459,7 @@ def test_load_track_table_contract_used_by_the_cache(toy, tmp_path) -> None:
 def test_checkpoint_label(run) -> None:
     ck = load_checkpoint(run.best_checkpoint_path)
     assert (
-        dv.checkpoint_label(run.best_checkpoint_path, run.paths.best_checkpoint, ck.epoch) == "best"
+        rep.checkpoint_label(run.best_checkpoint_path, run.paths.best_checkpoint, ck.epoch)
+        == "best"
     )
-    assert dv.checkpoint_label(Path("models/snapshots/epoch_0004.pth"), "x.pth", 4) == "4"
+    assert rep.checkpoint_label(Path("models/snapshots/epoch_0004.pth"), "x.pth", 4) == "4"

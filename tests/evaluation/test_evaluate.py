@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import small_config
 from deepvibe.cli import app
-from deepvibe.evaluation.evaluate import parse_baselines, summarise, write_report
+from deepvibe.evaluation.evaluate import parse_baselines, summarise, write_evaluation_json
 from deepvibe.training.train import train
 
 runner = CliRunner()
@@ -160,7 +160,9 @@ def test_summarise_and_write_report(tmp_path: Path) -> None:
     s = summarise(runs)
     assert s["validation"]["m"]["a"] == {"mean": 2.0, "std": pytest.approx(np.sqrt(2)), "n": 2}
     assert s["test"]["m"]["a"] == {"mean": 0.2, "std": None, "n": 1}  # NaN seeds are left out
-    path = write_report({"x": float("nan"), "y": np.float32(0.5), "s": s}, tmp_path / "r.json")
+    path = write_evaluation_json(
+        {"x": float("nan"), "y": np.float32(0.5), "s": s}, tmp_path / "r.json"
+    )
     data = json.loads(path.read_text())
     assert data["x"] is None and data["y"] == 0.5
 

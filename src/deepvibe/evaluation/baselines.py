@@ -178,7 +178,7 @@ class ContentCosine(Recommender):
         return np.asarray(x @ self.item_features) / np.maximum(counts, 1.0)
 
     def score(self, foldin: sp.csr_matrix) -> np.ndarray:
-        from deepvibe.discovery.discoverer import similarity_to
+        from deepvibe.discovery.dna import similarity_to
 
         # The same cosine that discover's scan uses (zero-length vectors score 0).
         return similarity_to(self.profiles(foldin), self.item_features, "cosine")

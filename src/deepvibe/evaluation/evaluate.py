@@ -322,7 +322,7 @@ def _as_json(r: ModelResult) -> dict[str, Any]:
 
 def _database_table(cfg: Config):  # noqa: ANN202 - returns discover.TrackDatabase
     """The track database the scan ranks: data.database, else the features table."""
-    from deepvibe.discovery.discoverer import TrackDatabase
+    from deepvibe.discovery.database import TrackDatabase
 
     d = cfg.data
     source = d.database if d.database and Path(d.database).exists() else d.features
@@ -678,7 +678,7 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_report(report: dict[str, Any], path: str | Path) -> Path:
+def write_evaluation_json(report: dict[str, Any], path: str | Path) -> Path:
     """The whole report as JSON, atomically (NaN written as null)."""
     from deepvibe.fileio import write_text_atomic
 

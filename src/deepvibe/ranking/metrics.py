@@ -12,17 +12,10 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from deepvibe.ranking.topk import top_k  # the one top-k; metrics.top_k is kept as a name
+
 # Scores a chunk of fold-in rows: (chunk, n_tracks) csr -> (chunk, n_tracks) dense scores.
 ScoreFn = Callable[[sp.csr_matrix], np.ndarray]
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores per row, best first: (n, n_tracks) -> (n, k)."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
 
 
 def mask_seen(scores: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:

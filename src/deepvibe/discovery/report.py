@@ -1,0 +1,327 @@
+"""Reports: the ranked tracks and the Vibe DNA of each user, as files and as text.
+
+Per user: ``{out}/{user}/{user}_{label}_{mode}.csv`` (rank, track_id, track_name, artists,
+popularity, similarity or decoder_score, score, spotify_url) and ``..._dna.csv`` beside it.
+For many users, :class:`ReportWriter` writes a whole block of users at once (one flush to disk
+per block, every file still atomic), and :class:`LongTableWriter` writes every user into one
+long Parquet table (user, rank, track_id, score, ...) that ``pandas.read_parquet`` reads in one
+call. Text cells are neutralised against spreadsheet formula injection; user ids are made safe
+path components that cannot leave the output folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+
+from deepvibe.data.ids import is_spotify_id
+from deepvibe.fileio import (
+    FORMULA_PREFIXES,
+    atomic_batch,
+    atomic_path,
+    neutralise_formula,
+    path_inside,
+    safe_path_component,
+    write_csv_atomic,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+Mode = Literal["standard", "gems"]
+Source = Literal["db", "catalogue"]
+TEXT_COLUMNS = ("track_id", "track_name", "artists")
+_SPOTIFY_TRACK = "https://open.spotify.com/track/"
+
+
+def report_columns(base: str) -> list[str]:
+    """A report's columns, in order; ``base`` is ``similarity`` or ``decoder_score``."""
+    return ["rank", "track_id", "track_name", "artists", "popularity", base, "score", "spotify_url"]
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """One user's result: the DNA and the ranked tracks, best first."""
+
+    user: str
+    mode: Mode
+    source: Source
+    dna: np.ndarray  # (f,) standardised
+    dna_raw: np.ndarray  # (f,) original units
+    dna_percentile: np.ndarray  # (f,) 0..100 within the database (or catalogue)
+    table: pd.DataFrame  # report_columns(similarity or decoder_score)
+
+
+@dataclass(frozen=True)
+class DiscoveryBlock:
+    """The results of a block of users in one long table: user u's rows are
+    ``table.iloc[offsets[u]:offsets[u + 1]]``, best first."""
+
+    users: np.ndarray  # (b,) user ids
+    mode: Mode
+    source: Source
+    dna: np.ndarray  # (b, f) standardised
+    dna_raw: np.ndarray  # (b, f) original units
+    dna_percentile: np.ndarray  # (b, f) 0..100
+    table: pd.DataFrame  # report_columns(base)
+    offsets: np.ndarray  # (b + 1,)
+
+    @property
+    def base(self) -> str:
+        return "similarity" if "similarity" in self.table.columns else "decoder_score"
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def discovery(self, u: int) -> Discovery:
+        rows = self.table.iloc[self.offsets[u] : self.offsets[u + 1]].reset_index(drop=True)
+        return Discovery(
+            str(self.users[u]), self.mode, self.source, self.dna[u], self.dna_raw[u],
+            self.dna_percentile[u], rows,
+        )  # fmt: skip
+
+    def discoveries(self) -> list[Discovery]:
+        return [self.discovery(u) for u in range(len(self.users))]
+
+
+def spotify_url(track_id: str) -> str:
+    """``https://open.spotify.com/track/<id>`` for a Spotify id, else ''."""
+    tid = str(track_id)
+    if tid.startswith("spotify:track:"):
+        tid = tid[len("spotify:track:") :]
+    return f"{_SPOTIFY_TRACK}{tid}" if is_spotify_id(tid) else ""
+
+
+def spotify_urls(track_ids: np.ndarray) -> np.ndarray:
+    """:func:`spotify_url` of many ids at once, (n,) object."""
+    ids = pd.Series(np.asarray(track_ids, dtype=object), dtype=object).astype(str)
+    bare = ids.str.removeprefix("spotify:track:")
+    ok = bare.str.fullmatch(r"[0-9A-Za-z]{22}").to_numpy(dtype=bool)
+    return np.where(ok, _SPOTIFY_TRACK + bare.to_numpy(dtype=object), "").astype(object)
+
+
+def finish_table(frame: pd.DataFrame, base: str) -> pd.DataFrame:
+    """Report columns in a fixed order: rank, ids and text, numbers, the Spotify link."""
+    frame = frame.copy()
+    for col in ("track_name", "artists"):
+        if col not in frame:
+            frame[col] = ""
+    if "popularity" not in frame:
+        frame["popularity"] = np.nan
+    frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    for col in (base, "score"):  # float32 arithmetic: 6 decimals is all the precision there is
+        frame[col] = np.round(frame[col].astype(np.float64), 6)
+    frame["spotify_url"] = spotify_urls(frame["track_id"].to_numpy(dtype=object))
+    return frame[report_columns(base)]
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def user_folder_name(user_id: str) -> str:
+    """A user id as a folder/file name. When cleaning changed it, a short hash of the real id
+    is added so two ids never share a report (``a/b`` and ``a_b``)."""
+    safe = safe_path_component(str(user_id))
+    if safe != str(user_id):
+        safe = f"{safe}-{hashlib.sha1(str(user_id).encode('utf-8')).hexdigest()[:8]}"
+    return safe
+
+
+def report_paths(out_dir: str | Path, user: str, label: str, mode: str) -> tuple[Path, Path]:
+    """(report, DNA) paths of one user, checked to stay inside ``out_dir``."""
+    name = user_folder_name(user)
+    stem = f"{name}_{label}_{mode}"
+    return path_inside(out_dir, name, f"{stem}.csv"), path_inside(out_dir, name, f"{stem}_dna.csv")
+
+
+def dna_frame(
+    feature_columns: tuple[str, ...], raw: np.ndarray, std: np.ndarray, pct: np.ndarray
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"feature": list(feature_columns), "value": raw, "standardised": std, "percentile": pct}
+    )
+
+
+def write_recommendations(
+    result: Discovery, out_dir: str | Path, label: str, feature_columns: tuple[str, ...]
+) -> tuple[Path, Path]:
+    """Write one user's report and DNA file atomically (see the module doc)."""
+    report_path, dna_path = report_paths(out_dir, result.user, label, result.mode)
+    table = result.table.copy()
+    for col in TEXT_COLUMNS:
+        table[col] = [neutralise_formula(v) for v in table[col]]
+    write_csv_atomic(table, report_path)
+    frame = dna_frame(feature_columns, result.dna_raw, result.dna, result.dna_percentile)
+    write_csv_atomic(frame, dna_path)
+    return report_path, dna_path
+
+
+_FORMULA = "^[" + re.escape("".join(FORMULA_PREFIXES)) + "]"
+
+
+def _safe_text(values: pa.Array) -> pa.Array:
+    """Arrow strings neutralised like :func:`neutralise_formula`, then bare carriage returns
+    written as newlines (as ``write_csv_atomic`` does)."""
+    import pyarrow.compute as pc
+
+    risky = pc.fill_null(pc.match_substring_regex(values, _FORMULA), False)
+    values = pc.if_else(risky, pc.binary_join_element_wise("'", values, ""), values)
+    values = pc.replace_substring(values, "\r\n", "\n")
+    return pc.replace_substring(values, "\r", "\n")
+
+
+def _csv_table(frame: pd.DataFrame, text_columns: tuple[str, ...]) -> pa.Table:
+    """A frame as an Arrow table ready for CSV: safe text, NaN as empty cells."""
+    import pyarrow as pa
+
+    columns = {}
+    for col in frame.columns:
+        values = frame[col].to_numpy()
+        if col in text_columns:
+            columns[col] = _safe_text(pa.array(values.astype(object), pa.string()))
+        else:
+            columns[col] = pa.array(values, from_pandas=True)
+    return pa.table(columns)
+
+
+def _write_csv(table: pa.Table, fh: IO[bytes]) -> None:
+    """An Arrow table as CSV: a plain header, cells quoted only where needed."""
+    import pyarrow.csv as pcsv
+
+    fh.write((",".join(table.column_names) + "\n").encode("utf-8"))
+    pcsv.write_csv(table, fh, pcsv.WriteOptions(include_header=False, quoting_style="needed"))
+
+
+class ReportWriter:
+    """Per-user report and DNA files for whole blocks of users (see the module doc)."""
+
+    def __init__(self, out_dir: str | Path, label: str, feature_columns: tuple[str, ...]):
+        self.out_dir = Path(out_dir)
+        self.label = label
+        self.feature_columns = tuple(feature_columns)
+
+    def write_block(self, block: DiscoveryBlock) -> list[tuple[Path, Path]]:
+        """Write every user's two files; they appear together when the block is done."""
+        table = _csv_table(block.table, TEXT_COLUMNS)
+        paths = []
+        with atomic_batch() as batch:
+            for u, user in enumerate(block.users):
+                report, dna = report_paths(self.out_dir, str(user), self.label, block.mode)
+                a, b = int(block.offsets[u]), int(block.offsets[u + 1])
+                with batch.open(report) as fh:
+                    _write_csv(table.slice(a, b - a), fh)
+                frame = dna_frame(
+                    self.feature_columns, block.dna_raw[u], block.dna[u], block.dna_percentile[u]
+                )
+                with batch.open(dna) as fh:
+                    _write_csv(_csv_table(frame, ("feature",)), fh)
+                paths.append((report, dna))
+        return paths
+
+
+class LongTableWriter:
+    """Every user's recommendations in one Parquet table, one row group per block:
+    user, rank, track_id, score, track_name, artists, popularity, similarity or
+    decoder_score. Written to a temporary file, renamed into place when all blocks are in."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._writer = None
+
+    @contextmanager
+    def open(self) -> Iterator[LongTableWriter]:
+        import pyarrow.parquet as pq
+
+        with atomic_path(self.path) as tmp:
+            self._tmp = tmp
+            try:
+                yield self
+            finally:
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
+            if not tmp.stat().st_size:  # no block at all: still a readable, empty table
+                pq.write_table(self._arrow(None), tmp)
+
+    def _arrow(self, block: DiscoveryBlock | None) -> pa.Table:
+        import pyarrow as pa
+
+        if block is None:
+            fields = [("user", pa.string()), ("rank", pa.int64()), ("track_id", pa.string()),
+                      ("score", pa.float64())]  # fmt: skip
+            return pa.table({n: pa.array([], t) for n, t in fields})
+        t = block.table
+        users = np.repeat(np.asarray(block.users, dtype=object), np.diff(block.offsets))
+        columns = {"user": pa.array(users.astype(str), pa.string())}
+        columns["rank"] = pa.array(t["rank"].to_numpy(np.int64))
+        columns["track_id"] = pa.array(t["track_id"].to_numpy(dtype=object), pa.string())
+        columns["score"] = pa.array(t["score"].to_numpy(np.float64))
+        for col in ("track_name", "artists"):
+            columns[col] = pa.array(t[col].to_numpy(dtype=object).astype(str), pa.string())
+        columns["popularity"] = pa.array(t["popularity"].to_numpy(np.float64), from_pandas=True)
+        columns[block.base] = pa.array(t[block.base].to_numpy(np.float64))
+        return pa.table(columns)
+
+    def write_block(self, block: DiscoveryBlock) -> None:
+        import pyarrow.parquet as pq
+
+        table = self._arrow(block)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, table.schema)
+        self._writer.write_table(table)
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def _fmt_value(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}"
+
+
+def format_dna(result: Discovery, feature_columns: tuple[str, ...], where: str) -> str:
+    """The DNA as a readable profile: value in original units, a bar, the percentile."""
+    if len(feature_columns) == 0:
+        return f"Vibe DNA of {result.user}: the model has no audio features"
+    lines = [f"Vibe DNA of {result.user} (percentile within the {where}):"]
+    width = max(len(c) for c in feature_columns)
+    for name, v, p in zip(feature_columns, result.dna_raw, result.dna_percentile, strict=True):
+        filled = int(round(p / 5))
+        bar = "#" * filled + "." * (20 - filled)
+        lines.append(f"  {name:<{width}} {_fmt_value(v):>10}  [{bar}] {p:5.1f}%")
+    return "\n".join(lines)
+
+
+def format_top(result: Discovery, k: int = 10) -> str:
+    """The top ``k`` rows as a plain-text table."""
+    t = result.table.head(k)
+    if t.empty:
+        return "  (no tracks left to recommend)"
+    base = "similarity" if "similarity" in t.columns else "decoder_score"
+    head = "similarity" if base == "similarity" else "decoder"
+
+    def cut(s: object, w: int) -> str:
+        text = str(s)
+        return text if len(text) <= w else text[: w - 1] + "~"
+
+    lines = [f"  {'#':>3}  {'track':<28} {'artists':<22} {'pop':>4} {head:>10} {'score':>7}"]
+    for r in t.itertuples(index=False):
+        name = r.track_name or r.track_id
+        pop = "" if pd.isna(r.popularity) else f"{r.popularity:.0f}"
+        lines.append(
+            f"  {r.rank:>3}  {cut(name, 28):<28} {cut(r.artists, 22):<22} {pop:>4} "
+            f"{getattr(r, base):>10.4f} {r.score:>7.4f}"
+        )
+    return "\n".join(lines)
+
+
+def checkpoint_label(ck_path: Path, best_name: str, epoch: int) -> str:
+    """``best`` for the best checkpoint, else the checkpoint's epoch number."""
+    return "best" if ck_path.name == best_name else str(int(epoch))

@@ -1,0 +1,409 @@
+"""The chunked scan of a track database: the best k tracks per user in one pass over the file.
+
+Shapes: B users in a block, m database tracks read c at a time, scored w at a time (a tile),
+f features.
+
+The scan is generic in what a score is. A :class:`ChunkScorer` gives, for one chunk of tracks,
+
+- ``approximate``: (B, w) float32 scores of a tile, within ``tolerance`` of the exact ones
+  (a fast matrix product), used only to find the candidates that can enter a user's top k;
+- ``exact``: float64 scores of given (user, track) pairs, plus their named parts (for the
+  report), computed so that a pair's score never depends on the batch it is computed in.
+
+So a later score made of several parts (decoder score, artist affinity, DNA similarity, a
+gems penalty) plugs in as one more scorer whose parts are computed in the same pass.
+:class:`DnaScorer` is today's: similarity to the Vibe DNA, minus lambda * popularity / 100 in
+hidden-gems mode.
+
+The top k is kept by :class:`deepvibe.ranking.topk.StreamingTopK`: score descending, then
+database row ascending, whatever the chunk, tile or block sizes. Memory is
+O(c * f + B * (w + k)), whatever the database size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from deepvibe.data.tables import FeatureScaler
+from deepvibe.discovery.database import TrackDatabase
+from deepvibe.discovery.dna import Method, unit_columns
+from deepvibe.errors import DataError
+from deepvibe.ranking.topk import StreamingTopK
+
+log = logging.getLogger(__name__)
+
+_TILE_CELLS = 1 << 19  # (users x tracks) float32 cells scored at once (2 MiB: stays in cache)
+_TILE_USERS = 256  # users per tile (then 2,048 tracks)
+_MAX_WORKERS = 8
+_MIN_USERS_PER_WORKER = 64
+_PAIR_PIECE = 1 << 18  # (user, track) pairs scored exactly at once
+_SAMPLE = 32_768  # database rows behind each user's estimated floor
+_MARGIN = 3  # the floor aims at _MARGIN * k tracks, so falling short of k is very unlikely
+_SIM_TOLERANCE = 4e-6  # bound on |float32 - exact| similarity of two unit 12-vectors, with margin
+
+
+@dataclass(frozen=True)
+class TrackChunk:
+    """Consecutive database tracks (or any selection of them)."""
+
+    start: int  # database row of column 0
+    features: np.ndarray  # (f, c) raw features, float32
+    popularity: np.ndarray | None  # (c,) 0..100, NaN where unknown
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, feature_columns: tuple[str, ...]) -> TrackChunk:
+        """Rows read with ``TrackDatabase.take`` (features by name, popularity if any)."""
+        feats = np.ascontiguousarray(frame[list(feature_columns)].to_numpy(np.float32).T)
+        pop = frame["popularity"].to_numpy(np.float32) if "popularity" in frame else None
+        return cls(0, feats, pop)
+
+
+class ChunkScorer(Protocol):
+    """Scores one block of users against chunks of tracks (see the module doc)."""
+
+    n_users: int
+    tolerance: float  # max |approximate - exact score|
+
+    def select(self, users: np.ndarray) -> ChunkScorer:
+        """The same scorer for a subset of its users."""
+
+    def prepare(self, chunk: TrackChunk) -> Any:
+        """Per-chunk work shared by every tile and user (e.g. standardised features)."""
+
+    def approximate(
+        self, prepared: Any, users: slice, c0: int, c1: int, out: np.ndarray
+    ) -> np.ndarray:
+        """(b, c1 - c0) float32 scores of ``users`` for the chunk's columns c0:c1, written into
+        ``out``; -inf for a track a user must never get."""
+
+    def exact(self, prepared: Any, users: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+        """Exact float64 ``score`` (and named parts) of each (users[i], cols[i]) pair."""
+
+
+class DnaScorer:
+    """Similarity to each user's Vibe DNA; with ``gems_lambda``, minus lambda * popularity / 100
+    (a track of unknown popularity, or above ``popularity_ceiling``, is never returned).
+
+    Vectors are unit length on the exact grid of :mod:`deepvibe.discovery.dna`, so the exact
+    score of a pair is the same whatever else is in the block.
+    """
+
+    def __init__(
+        self,
+        profiles: np.ndarray,
+        scaler: FeatureScaler,
+        method: Method = "cosine",
+        gems_lambda: float | None = None,
+        popularity_ceiling: float | None = None,
+    ) -> None:
+        profiles = np.atleast_2d(np.asarray(profiles, dtype=np.float64))  # (B, f) standardised
+        self.profiles = profiles
+        self.scaler = scaler
+        self.n_users = profiles.shape[0]
+        self.method = method
+        self.units = np.ascontiguousarray(unit_columns(profiles.T, method).T)  # (B, f) on the grid
+        self.units32 = self.units.astype(np.float32)  # exact: grid values fit a float32
+        self.mean = np.asarray(scaler.mean, dtype=np.float64)[:, None]
+        self.std = np.asarray(scaler.std, dtype=np.float64)[:, None]
+        self.gems_lambda = gems_lambda
+        self.popularity_ceiling = popularity_ceiling
+        self.tolerance = _SIM_TOLERANCE * (1.0 + (gems_lambda or 0.0))
+
+    def select(self, users: np.ndarray) -> DnaScorer:
+        return DnaScorer(
+            self.profiles[users], self.scaler, self.method, self.gems_lambda,
+            self.popularity_ceiling,
+        )  # fmt: skip
+
+    def prepare(self, chunk: TrackChunk) -> dict[str, np.ndarray | None]:
+        raw = np.asarray(chunk.features, dtype=np.float64)
+        units = unit_columns((raw - self.mean) / self.std, self.method)  # (f, c)
+        penalty = None
+        if self.gems_lambda is not None:
+            if chunk.popularity is None:
+                raise ValueError("gems scoring needs popularity")
+            pop = np.asarray(chunk.popularity, dtype=np.float64)
+            penalty = self.gems_lambda * pop / 100.0
+            never = np.isnan(pop)
+            if self.popularity_ceiling is not None:
+                never |= pop > self.popularity_ceiling
+            penalty[never] = np.inf
+        pen32 = None if penalty is None else penalty.astype(np.float32)
+        return {
+            "units": np.ascontiguousarray(units.T),  # (c, f): one row per track, for gathers
+            "units32": units.astype(np.float32),  # (f, c) for the matrix product
+            "penalty": penalty,
+            "penalty32": pen32,
+        }
+
+    def approximate(
+        self, prepared: dict[str, np.ndarray | None], users: slice, c0: int, c1: int,
+        out: np.ndarray,
+    ) -> np.ndarray:  # fmt: skip
+        units32 = prepared["units32"]
+        assert units32 is not None
+        np.matmul(self.units32[users], units32[:, c0:c1], out=out)
+        pen32 = prepared["penalty32"]
+        if pen32 is not None:
+            out -= pen32[c0:c1]
+        return out
+
+    def exact(
+        self, prepared: dict[str, np.ndarray | None], users: np.ndarray, cols: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        units = prepared["units"]
+        assert units is not None
+        sims = np.empty(len(users))
+        for a in range(0, len(users), _PAIR_PIECE):
+            u, c = users[a : a + _PAIR_PIECE], cols[a : a + _PAIR_PIECE]
+            # Exact on the grid, so the order of the sum over features does not matter.
+            sims[a : a + len(u)] = np.einsum("ij,ij->i", self.units[u], units[c])
+        penalty = prepared["penalty"]
+        score = sims if penalty is None else sims - penalty[cols]
+        return {"similarity": sims, "score": score}
+
+
+def _rounded_down(x: np.ndarray) -> np.ndarray:
+    """float64 -> the largest float32 not above it (-inf stays -inf)."""
+    y = x.astype(np.float32)
+    return np.where(y > x, np.nextafter(y, np.float32(-np.inf)), y)
+
+
+def _estimated_floor(db: TrackDatabase, scorer: ChunkScorer, k: int) -> np.ndarray:
+    """Per user, a score that about ``_MARGIN * k`` database tracks reach, from a sample.
+
+    Only candidates at least this good are kept, so the scan scores about that many tracks
+    exactly instead of k * ln(m / tile). It is a guess: a user for whom fewer than k tracks
+    reach it is scanned again without one (see :func:`scan`).
+    """
+    sample_size = min(db.n_tracks, _SAMPLE)
+    rank = int(np.ceil(_MARGIN * k * sample_size / db.n_tracks))
+    if rank > sample_size:
+        return np.full(scorer.n_users, -np.inf)
+    feats, pop = db.sample(sample_size)
+    prepared = scorer.prepare(TrackChunk(0, feats, pop))
+    floor = np.empty(scorer.n_users)
+    step = _TILE_USERS  # users per piece: (256 x sample) float32 cells, 32 MiB at most
+    for u0 in range(0, scorer.n_users, step):
+        users = slice(u0, min(u0 + step, scorer.n_users))
+        out = np.empty((users.stop - u0, sample_size), dtype=np.float32)
+        approx = scorer.approximate(prepared, users, 0, sample_size, out)
+        kth = np.partition(approx, sample_size - rank, axis=1)[:, sample_size - rank]
+        floor[users] = kth.astype(np.float64) - scorer.tolerance
+    return np.where(np.isfinite(floor), floor, -np.inf)
+
+
+def _one_pass(
+    db: TrackDatabase,
+    scorer: ChunkScorer,
+    k: int,
+    chunk_size: int,
+    floor: np.ndarray,
+    bar: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scan proper: every chunk once; its users split between worker threads (each with
+    its own streaming top k), each scoring tiles of (users x tracks) that stay in cache."""
+    n_users = scorer.n_users
+    n_workers = max(1, min(_workers(), n_users // _MIN_USERS_PER_WORKER))
+    bounds = np.linspace(0, n_users, n_workers + 1).astype(int)
+    groups = [_UserGroup(int(a), int(b), k, floor[a:b]) for a, b in itertools.pairwise(bounds)]
+    with _single_threaded_blas(), ThreadPoolExecutor(n_workers) as pool:
+        for start, raw, pop in db.chunks(chunk_size):
+            prepared = scorer.prepare(TrackChunk(start, raw.T, pop))
+            jobs = [pool.submit(g.score_chunk, scorer, prepared, start, len(raw)) for g in groups]
+            for job in jobs:
+                job.result()
+            bar.update(raw.shape[0])
+            del prepared, raw, pop  # before the next chunk is read: peak = one chunk
+    results = [g.best.result() for g in groups]
+    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+
+
+class _UserGroup:
+    """Users u0:u1 of a scan and their streaming top k (one worker thread's share)."""
+
+    def __init__(self, u0: int, u1: int, k: int, floor: np.ndarray) -> None:
+        self.u0, self.u1 = u0, u1
+        self.users_per_tile = min(u1 - u0, _TILE_USERS)
+        self.width = max(256, _TILE_CELLS // self.users_per_tile)
+        self.best = StreamingTopK(u1 - u0, k)
+        self.best.raise_floor(floor)
+
+    def score_chunk(self, scorer: ChunkScorer, prepared: Any, start: int, size: int) -> None:
+        tolerance = scorer.tolerance
+        for a in range(self.u0, self.u1, self.users_per_tile):
+            b = min(self.u1, a + self.users_per_tile)
+            local = slice(a - self.u0, b - self.u0)
+            for c0 in range(0, size, self.width):
+                c1 = min(size, c0 + self.width)
+                out = np.empty((b - a, c1 - c0), dtype=np.float32)
+                approx = scorer.approximate(prepared, slice(a, b), c0, c1, out)
+                bound = np.maximum(self.best.threshold[local], self.best.floor[local])
+                hits = np.flatnonzero(approx >= _rounded_down(bound - tolerance)[:, None])
+                if len(hits):
+                    rows, cols = np.divmod(hits, c1 - c0)
+                    exact = scorer.exact(prepared, rows + a, cols + c0)["score"]
+                    self.best.push(rows + local.start, start + c0 + cols, exact)
+
+
+def _workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, _MAX_WORKERS))
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """OpenBLAS threads inside each thin (users x 12) @ (12 x tile) product made the scan 2-4
+    times slower on a shared 2-core machine (docs/BENCHMARKS.md); the scan runs its own
+    threads over users instead. A no-op where numpy's OpenBLAS cannot be found."""
+    lib = _openblas()
+    if lib is None:
+        yield
+        return
+    get, set_ = lib
+    before = get()
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(before)
+
+
+@functools.cache
+def _openblas() -> tuple[Any, Any] | None:
+    """(get_num_threads, set_num_threads) of the OpenBLAS loaded by numpy (Linux), or None."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas_", "64_"), ("openblas_", "64_"), ("openblas_", "")):
+            get = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
+            set_ = getattr(lib, f"{prefix}set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype = ctypes.c_int
+                set_.argtypes = [ctypes.c_int]
+                return get, set_
+    return None
+
+
+def scan(
+    db: TrackDatabase,
+    scorer: ChunkScorer,
+    k: int,
+    chunk_size: int = 262_144,
+    progress: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best database rows for each of the scorer's users, in one pass over ``db``.
+
+    Returns (rows, scores), each (B, k'), k' = min(k, m), best first: exact score descending,
+    then row ascending. A user with fewer than k' rows of finite score gets row -1 and -inf.
+    A user whose estimated floor turned out too high (rare) is scanned once more without it.
+    """
+    from tqdm.auto import tqdm
+
+    k = max(1, min(int(k), db.n_tracks))
+    with _single_threaded_blas():
+        floor = _estimated_floor(db, scorer, k)
+    bar = tqdm(
+        total=db.n_tracks, desc="scan", unit="track", unit_scale=True, delay=1.0,
+        disable=None if progress is None else not progress, leave=False,
+    )  # fmt: skip
+    try:
+        rows, scores = _one_pass(db, scorer, k, chunk_size, floor, bar)
+        redo = np.flatnonzero(np.isfinite(floor) & (rows[:, -1] < 0))
+        if len(redo):
+            log.debug("scan: %d users again without an estimated floor", len(redo))
+            bar.reset()
+            rows[redo], scores[redo] = _one_pass(
+                db, scorer.select(redo), k, chunk_size, np.full(len(redo), -np.inf), bar
+            )
+    finally:
+        bar.close()
+    return rows, scores
+
+
+def check_database(db: TrackDatabase, scaler: FeatureScaler, gems: bool) -> None:
+    """The database fits the checkpoint (same features) and the mode (gems: popularity)."""
+    if tuple(db.feature_columns) != tuple(scaler.columns):
+        raise DataError(
+            f"{db.source}: database features {list(db.feature_columns)} differ from the "
+            f"checkpoint's {list(scaler.columns)}"
+        )
+    if gems and not db.has_popularity:
+        raise DataError(
+            f"{db.source}: hidden-gems mode needs a popularity column, and this database has "
+            "none; set data.popularity_column to its name or run without --gems"
+        )
+
+
+@dataclass(frozen=True)
+class ScanHits:
+    """One user's best database rows, best first."""
+
+    rows: np.ndarray  # (k,) int64 database row numbers
+    similarity: np.ndarray  # (k,) float
+    score: np.ndarray  # (k,) final score (= similarity in standard mode)
+
+
+def scan_database(
+    db: TrackDatabase,
+    scaler: FeatureScaler,
+    profiles: np.ndarray,
+    n: int,
+    method: Method = "cosine",
+    gems_lambda: float | None = None,
+    popularity_ceiling: float | None = None,
+    chunk_size: int = 262_144,
+    extra: int = 0,
+    progress: bool | None = None,
+) -> list[ScanHits]:
+    """The best ``n + extra`` rows per profile (B, f) by similarity to it (minus the gems
+    penalty when ``gems_lambda`` is given), with their similarity: a :class:`DnaScorer` scan.
+    ``extra`` leaves room to drop history tracks afterwards."""
+    check_database(db, scaler, gems_lambda is not None)
+    scorer = DnaScorer(profiles, scaler, method, gems_lambda, popularity_ceiling)
+    rows, scores = scan(db, scorer, max(1, n + extra), chunk_size, progress)
+    parts = score_rows(db, scorer, rows)
+    out = []
+    for u in range(scorer.n_users):
+        found = rows[u] >= 0
+        out.append(ScanHits(rows[u][found], parts["similarity"][u][found], scores[u][found]))
+    return out
+
+
+def score_rows(db: TrackDatabase, scorer: ChunkScorer, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The scorer's exact parts for each user's rows (B, k) (-1 = none: NaN parts)."""
+    columns = list(db.feature_columns) + (["popularity"] if db.has_popularity else [])
+    found = rows >= 0
+    uniq, cols = np.unique(rows[found], return_inverse=True)
+    chunk = TrackChunk.from_frame(db.take(uniq, columns), db.feature_columns)
+    users = np.nonzero(found)[0]
+    parts = scorer.exact(scorer.prepare(chunk), users, cols.ravel())
+    out = {}
+    for name, values in parts.items():
+        full = np.full(rows.shape, np.nan)
+        full[found] = values
+        out[name] = full
+    return out

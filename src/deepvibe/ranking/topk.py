@@ -1,0 +1,141 @@
+"""The one top-k of the package: the k best entries of each row, highest score first and, among
+equal scores, lowest id first (the id is the column unless given), so that a result never
+depends on chunk sizes, block sizes or the sort algorithm.
+
+:func:`top_k` ranks a dense (rows, n) block (the ranking metrics use it with the column as id);
+:class:`StreamingTopK` keeps the k best of a stream of (row, id, score) candidates in memory set
+by k and the largest push, whatever the length of the stream (discovery's database scan uses it
+with database rows as ids).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_NO_ID = np.iinfo(np.int64).max  # id of an empty slot: sorts after every real id
+
+
+def top_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarray:
+    """Column indices of the k best entries per row, best first: (rows, n) -> (rows, min(k, n)).
+
+    Order: score descending, then ``ids`` ascending (``ids``: (rows, n) int, unique within a
+    row; default the column index). -inf scores rank last; NaN is refused.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-d (rows, n), got shape {scores.shape}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    n_rows, n = scores.shape
+    k = min(int(k), n)
+    if k == 0 or n_rows == 0:
+        return np.empty((n_rows, k), dtype=np.int64)
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN; cannot rank them (check the model's outputs)")
+    key = np.broadcast_to(np.arange(n), scores.shape) if ids is None else np.asarray(ids)
+    if k < n:
+        cols = np.nonzero(_select(scores, k, key))[1].reshape(n_rows, k)
+    else:
+        cols = np.broadcast_to(np.arange(n), scores.shape)
+    best = np.take_along_axis(scores, cols, axis=1)
+    best_ids = np.take_along_axis(key, cols, axis=1)
+    order = np.lexsort((best_ids, -best), axis=-1)
+    return np.take_along_axis(cols, order, axis=1)
+
+
+def _select(scores: np.ndarray, k: int, key: np.ndarray) -> np.ndarray:
+    """Boolean (rows, n) mask of exactly k entries per row: all above the k-th largest score,
+    then the lowest-id entries equal to it."""
+    n = scores.shape[1]
+    kth = np.partition(scores, n - k, axis=1)[:, n - k : n - k + 1]  # (rows, 1)
+    chosen = scores > kth
+    tied = scores == kth
+    need = k - chosen.sum(axis=1)  # >= 1: the k-th value itself is tied
+    chosen |= tied
+    for r in np.flatnonzero(tied.sum(axis=1) > need):  # more ties than places: lowest ids win
+        at = np.flatnonzero(tied[r])
+        losers = at[np.argsort(key[r, at], kind="stable")[need[r] :]]
+        chosen[r, losers] = False
+    return chosen
+
+
+class StreamingTopK:
+    """The k best (id, score) pairs of each of ``n_rows`` rows over a stream of candidates.
+
+    Memory: two (n_rows, width) buffers (float64 scores, int64 ids; width = 2k + 1024 unless
+    given), whatever the length of the stream. Push ids in increasing order over the stream
+    (the scan pushes database rows in file order). Then ``threshold`` (n_rows,), the k-th best
+    score kept so far (-inf until a row has k), is a bar a candidate must beat: the k kept are
+    at least as good and, on a tie, have lower ids.
+
+    ``floor`` (n_rows,) drops candidates below it: either a known lower bound of a row's final
+    k-th best score, or a guess that the caller checks afterwards (a row that ends with fewer
+    than k entries may have lost some to a floor set too high).
+    """
+
+    def __init__(self, n_rows: int, k: int, width: int | None = None) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = int(k)
+        width = 2 * self.k + 1024 if width is None else int(width)
+        if width <= self.k:
+            raise ValueError(f"width must be more than k ({self.k}), got {width}")
+        self.scores = np.full((n_rows, width), -np.inf)
+        self.ids = np.full((n_rows, width), _NO_ID, dtype=np.int64)
+        self.fill = np.zeros(n_rows, dtype=np.int64)
+        self.threshold = np.full(n_rows, -np.inf)
+        self.floor = np.full(n_rows, -np.inf)
+
+    def raise_floor(self, floor: np.ndarray) -> None:
+        """Drop candidates scoring below ``floor`` (n_rows,) from now on (see the class doc)."""
+        self.floor = np.maximum(self.floor, np.asarray(floor, dtype=np.float64))
+
+    def push(self, rows: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> None:
+        """Add candidates: row (sorted ascending), id and score, each (K,)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        scores = np.asarray(scores, dtype=np.float64)
+        keep = (scores > self.threshold[rows]) & (scores >= self.floor[rows])
+        rows, ids, scores = rows[keep], np.asarray(ids, dtype=np.int64)[keep], scores[keep]
+        if len(rows) == 0:
+            return
+        counts = np.bincount(rows, minlength=len(self.fill))
+        full = np.flatnonzero(self.fill + counts > self.scores.shape[1])
+        if len(full):
+            self._compact(full)
+            if (self.fill + counts > self.scores.shape[1]).any():  # more than the room: halves
+                half = len(rows) // 2
+                self.push(rows[:half], ids[:half], scores[:half])
+                self.push(rows[half:], ids[half:], scores[half:])
+                return
+        first = np.cumsum(counts) - counts  # position of each row's first candidate in `rows`
+        slot = self.fill[rows] + np.arange(len(rows)) - first[rows]
+        self.scores[rows, slot] = scores
+        self.ids[rows, slot] = ids
+        self.fill += counts
+
+    def _compact(self, rows: np.ndarray) -> None:
+        """Keep only the k best of each of ``rows`` and raise their thresholds."""
+        if len(rows) == 0:
+            return
+        width = int(self.fill[rows].max())
+        scores, ids = self.scores[rows, :width], self.ids[rows, :width]
+        cols = top_k(scores, self.k, ids)  # empty slots are -inf: they come last
+        kept_scores = np.take_along_axis(scores, cols, axis=1)
+        kept_ids = np.take_along_axis(ids, cols, axis=1)
+        self.scores[rows] = -np.inf
+        self.ids[rows] = _NO_ID
+        self.scores[rows, : cols.shape[1]] = kept_scores
+        self.ids[rows, : cols.shape[1]] = kept_ids
+        self.fill[rows] = np.minimum(self.fill[rows], self.k)
+        has_k = self.fill[rows] >= self.k
+        if has_k.any():
+            self.threshold[rows[has_k]] = kept_scores[has_k, self.k - 1]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores), each (n_rows, k), best first; a row with fewer than k candidates is
+        padded with id -1 and score -inf."""
+        self._compact(np.arange(len(self.fill)))
+        ids = self.ids[:, : self.k].copy()
+        scores = self.scores[:, : self.k].copy()
+        ids[~np.isfinite(scores)] = -1
+        return ids, scores
