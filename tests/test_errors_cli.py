@@ -14,6 +14,7 @@ from typer.testing import CliRunner, Result
 
 from deepvibe.cli import app
 from deepvibe.errors import DataError
+from deepvibe.training.checkpoint import load_checkpoint
 
 runner = CliRunner()
 
@@ -315,9 +316,15 @@ def test_empty_histories_are_skipped_with_a_count(world: Path, frames) -> None:
     )
 
 
-def test_too_few_users_to_validate(world: Path, frames) -> None:
+def test_too_few_users_to_validate_trains_and_keeps_the_last_epoch(world: Path, frames) -> None:
+    """Issue 14: a data set too small to validate trains train.epochs and keeps the last epoch,
+    with a warning that says why, instead of exiting."""
     path = write(world / "m.csv", frames["matrix"].head(6))
-    assert_error(train("--set", f"data.interactions={path}"), "validation", "add users")
+    res = train("--set", f"data.interactions={path}", "--set", "train.epochs=2", "--no-plots")
+    assert res.exit_code == 0, res.output
+    assert "keeps the last epoch" in res.stderr and "add users" in res.stderr
+    assert "too few users to validate: kept the last epoch (2)" in res.stdout
+    assert load_checkpoint(world / "models" / "hybrid_deepvibe_best.pth").epoch == 2
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -6,9 +6,11 @@ Exit codes: 0 success, 1 failure (bad input, missing file, diverged training), 2
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -100,6 +102,18 @@ def main(
     configure_console(verbose)
 
 
+@contextlib.contextmanager
+def _scalar_writer(folder: Path | None) -> Iterator[Any]:
+    """A TensorBoard writer for ``folder`` (None: no writer)."""
+    if folder is None:
+        yield None
+        return
+    from deepvibe.plots import ScalarWriter
+
+    with ScalarWriter(folder) as writer:
+        yield writer
+
+
 def load_cfg(config: Path | None, overrides: list[str] | None):  # noqa: ANN201
     from deepvibe.config import load_config
 
@@ -148,16 +162,28 @@ def train(
         typer.Option("--progress/--no-progress", help="Progress bar (default: on a tty)."),
     ] = None,
     device: DeviceOpt = None,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option("--tensorboard", help="Also write TensorBoard scalars to this folder."),
+    ] = None,
+    plots: Annotated[
+        bool, typer.Option("--plots/--no-plots", help="Draw logs/training_curves.png at the end.")
+    ] = True,
 ) -> None:
     """Train the hybrid VAE; keep the best checkpoint by validation NDCG@100."""
+    from deepvibe.discovery.validation import validator_for
     from deepvibe.fileio import ensure_writable_dir
     from deepvibe.logs import file_log
     from deepvibe.training.train import train as run_training
 
     cfg = load_cfg(config, [*(set_ or []), *device_override(device)])
     logs_dir = ensure_writable_dir(cfg.paths.logs_dir, "log folder (paths.logs_dir)")
-    with file_log(logs_dir / "training_detailed.log"):
-        result = run_training(cfg, resume=resume, progress=progress)
+    tb_dir = tensorboard or (logs_dir / "tensorboard" if cfg.train.tensorboard else None)
+    with file_log(logs_dir / "training_detailed.log"), _scalar_writer(tb_dir) as tb:
+        result = run_training(
+            cfg, resume=resume, progress=progress, validator=validator_for(cfg),
+            on_epoch=None if tb is None else lambda row: tb.write(int(row["epoch"]), row),
+        )  # fmt: skip
     if result.interrupted:
         if result.snapshot is not None:
             typer.echo(
@@ -168,15 +194,37 @@ def train(
             typer.echo("interrupted before the first snapshot; nothing to resume", err=True)
         raise typer.Exit(130)
     last = result.history[-1] if result.history else {}
-    typer.echo(
-        f"trained {result.epochs_done} epochs ({result.step} steps); best validation "
-        f"NDCG@100 {result.best_metric:.4f} at epoch {result.best_epoch}"
-    )
+    validation = last.get("validation", "none") if last else "none"
+    if math.isnan(result.best_metric) or not math.isfinite(result.best_metric):
+        typer.echo(
+            f"trained {result.epochs_done} epochs ({result.step} steps); too few users to "
+            f"validate: kept the last epoch ({result.best_epoch})"
+        )
+    else:
+        typer.echo(
+            f"trained {result.epochs_done} epochs ({result.step} steps); best validation "
+            f"NDCG@100 {result.best_metric:.4f} at epoch {result.best_epoch} "
+            f"(validation: {validation} ranking)"
+        )
+    weights = result.best_extras.get("discovery_weights")
+    if weights:
+        fit = result.best_extras.get("discovery_fit", {})
+        typer.echo(
+            "discovery weights: "
+            + ", ".join(f"{k} {v:g}" for k, v in weights.items())
+            + (f" ({fit.get('used')}: {fit.get('reason')})" if fit else "")
+        )
     if last:
         typer.echo(
             "last epoch: "
             + ", ".join(f"{k} {last[k]:.4g}" for k in ("loss", "val_recall@20") if k in last)
         )
+    if plots and result.history:
+        from deepvibe.plots import plot_training_curves
+
+        log_csv = logs_dir / "hybrid_training.log"
+        curves = plot_training_curves(log_csv, log_csv.parent / "training_curves.png")
+        typer.echo(f"training curves: {curves}")
     typer.echo(f"best checkpoint: {cfg.best_checkpoint_path}")
 
 

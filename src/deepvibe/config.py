@@ -109,6 +109,20 @@ class TrainConfig(_Section):
     max_grad_norm: float | None = Field(None, gt=0.0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: measured in docs/BENCHMARKS.md
+    tensorboard: bool = False  # also write the epoch scalars to logs_dir/tensorboard
+
+
+class WeightsConfig(_Section):
+    """Weights of the hybrid discovery score's parts; a part left out keeps the weight fitted
+    at the end of training (stored in the checkpoint) or, without one, the measured default."""
+
+    dna: float | None = Field(None, ge=0.0)
+    artist: float | None = Field(None, ge=0.0)
+    collab: float | None = Field(None, ge=0.0)
+    decoder: float | None = Field(None, ge=0.0)
+
+    def given(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.model_dump().items() if v is not None}
 
 
 class DiscoverConfig(_Section):
@@ -118,7 +132,8 @@ class DiscoverConfig(_Section):
     gems_lambda: float = Field(0.2, ge=0.0)
     popularity_ceiling: float | None = Field(None, ge=0.0, le=100.0)
     top_n: int = Field(1000, gt=0)
-    source: Literal["auto", "db", "catalogue"] = "auto"
+    source: Literal["auto", "db", "catalogue", "dna"] = "auto"
+    weights: WeightsConfig = WeightsConfig()
     chunk_size: int = Field(262_144, gt=0)
     user_block: int = Field(1024, gt=0)
 

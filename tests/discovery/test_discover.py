@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from conftest import small_config
 from deepvibe.cli import app
 from deepvibe.config import DiscoverConfig
+from deepvibe.data.history import load_history
 from deepvibe.data.tables import FeatureScaler, load_track_table
 from deepvibe.discovery import database as dbm
 from deepvibe.discovery import dna as dnamod
@@ -438,13 +439,13 @@ def test_load_history_formats(tmp_path) -> None:
         "user_id,track_id\nu,spotify:track:4uLU6hMCjMI75M1A2tKUQC\n"
         "u,https://open.spotify.com/track/4uLU6hMCjMI75M1A2tKUQC\nv,abc\n"
     )
-    inter = du.load_history(p)
+    inter = load_history(p)
     assert list(inter.user_ids) == ["u", "v"]
     assert inter.matrix.toarray().tolist() == [[2.0, 0.0], [0.0, 1.0]]  # repeats summed
     bad = tmp_path / "bad.csv"
     bad.write_text("listener,song\na,b\n")
     with pytest.raises(DataError, match="user_id and track_id"):
-        du.load_history(bad)
+        load_history(bad)
 
 
 def test_load_track_table_contract_used_by_the_cache(toy, tmp_path) -> None:

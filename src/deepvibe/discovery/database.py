@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepvibe.data.tables import TrackTable, normalize_track_id
+from deepvibe.data.ids import normalize_track_ids
+from deepvibe.data.tables import TrackTable
 from deepvibe.errors import DataError, DeepVibeError
 from deepvibe.fileio import (
     atomic_path,
@@ -164,15 +165,8 @@ class _ParseLedger:
 
 
 def _normalised_ids(ids: pd.Series) -> np.ndarray:
-    """:func:`normalize_track_id` for every id; plain ASCII ids (nearly all) skip the call."""
-    text = ids.astype(str)
-    plain = text.str.fullmatch(r"[0-9A-Za-z_\-]+").to_numpy(dtype=bool) & ~text.str.endswith(
-        ".0"
-    ).to_numpy(dtype=bool)
-    out = text.to_numpy(dtype=object).copy()
-    for i in np.flatnonzero(~plain):
-        out[i] = normalize_track_id(out[i])
-    return out
+    """The one id normaliser (:func:`deepvibe.data.ids.normalize_track_ids`) on a column."""
+    return normalize_track_ids(ids)
 
 
 def _parse_frame(

@@ -17,6 +17,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from deepvibe.model.device import autocast, resolve_device
 from deepvibe.model.loss import vae_loss
 from deepvibe.model.schedule import cyclical_beta, learning_rate
 from deepvibe.model.vae import HybridVAE, VAEArch
+from deepvibe.training.artists import fit_artist_cf
 from deepvibe.training.batches import TrainingRows
 from deepvibe.training.checkpoint import (
     Checkpoint,
@@ -153,6 +155,7 @@ class _Run:
     resume_state: dict[str, Any] | None = None  # position inside an epoch (Ctrl-C snapshot)
     best_state: dict[str, torch.Tensor] | None = None  # only with restore_best
     best_extras: dict[str, Any] = field(default_factory=dict)
+    base_extras: dict[str, Any] = field(default_factory=dict)  # saved with every best epoch
 
     def schedules(self, at: int) -> tuple[float, float]:
         """(beta, learning rate) at optimisation step ``at``."""
@@ -195,6 +198,7 @@ def train(
     write_files: bool = True,
     restore_best: bool = False,
     validator: Validator | ValidatorFactory | None = None,
+    on_epoch: Callable[[Row], None] | None = None,
 ) -> TrainResult:
     """Train the hybrid VAE described by ``cfg``.
 
@@ -204,7 +208,8 @@ def train(
     the best validation epoch in memory and loads it into the returned model (without it the
     returned model holds the last epoch's weights). ``validator`` chooses the best epoch
     (default: :class:`~deepvibe.training.validation.CatalogueValidator`); see
-    :mod:`deepvibe.training.validation`.
+    :mod:`deepvibe.training.validation`. ``on_epoch`` receives each epoch's log row (for
+    example a TensorBoard writer).
 
     Ctrl-C or SIGTERM stops after the current step and writes ``snapshots/last.pth`` with the
     position inside the epoch, so ``resume=`` that file continues exactly where it stopped.
@@ -229,6 +234,9 @@ def train(
         cfg, ds, files, write_files, device, rows, chosen, model, make_optimizer(model, t),
         n_batches=math.ceil(rows.n_rows / t.batch_size), restore_best=restore_best,
     )  # fmt: skip
+    artist_cf = getattr(chosen, "artist_cf", None) or fit_artist_cf(ds)
+    if artist_cf is not None:  # discovery's collaborative artist part, kept with the best model
+        run.base_extras["artist_cf"] = artist_cf.to_state()
     if ck is not None:
         _resume(run, ck, Path(resume))  # type: ignore[arg-type]
     log.info("training on %s (%s), validation by %s", device, t.precision, chosen.name)
@@ -244,6 +252,8 @@ def train(
                     _validate(run, epoch, row)
                 row["seconds"] = time.perf_counter() - started
                 run.history.append(row)
+                if on_epoch is not None:
+                    on_epoch(row)
                 run.epoch = epoch
                 log.debug("epoch %d: %s", epoch, row)
                 _write_epoch_files(run, epoch)
@@ -388,10 +398,18 @@ def _validate(run: _Run, epoch: int, row: Row) -> None:
     """Score the model; on a new best keep its checkpoint (and, with restore_best, weights)."""
     metrics = score_model(run.validator, run.model)
     row.update({f"val_{k}": v for k, v in metrics.items()})
-    row["validation"] = run.validator.name
-    if metrics[SELECTION_METRIC] > run.best:
+    row["validation"] = run.validator.name if metrics else "none"
+    if not metrics:  # too few users to validate: every epoch replaces the last (warned once)
+        run.best, run.best_epoch = math.nan, epoch
+        run.best_extras = {**run.base_extras, **checkpoint_extras(run.validator)}
+        if run.write_files:
+            run.save(run.files.best, epoch, metrics, best=True)
+        if run.restore_best:
+            run.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        return
+    if math.isnan(run.best) or metrics[SELECTION_METRIC] > run.best:
         run.best, run.best_epoch = metrics[SELECTION_METRIC], epoch
-        run.best_extras = checkpoint_extras(run.validator)
+        run.best_extras = {**run.base_extras, **checkpoint_extras(run.validator)}
         if run.write_files:
             run.save(run.files.best, epoch, metrics, best=True)
         if run.restore_best:

@@ -24,7 +24,6 @@ import torch
 
 from deepvibe.config import Config
 from deepvibe.data.dataset import Dataset
-from deepvibe.errors import DataError
 from deepvibe.model.inference import model_inputs, score_rows
 from deepvibe.model.vae import HybridVAE
 from deepvibe.ranking.metrics import DEFAULT_METRICS, evaluate_ranking
@@ -74,12 +73,9 @@ class CatalogueValidator:
         chunk_size: int = 1024,
     ) -> None:
         self.split = validation_foldin(ds, cfg)
-        if self.split.foldin.shape[0] == 0:
-            raise DataError(
-                f"no validation user has 5 or more played catalogue tracks "
-                f"({len(ds.user_groups['validation'])} validation users); the best epoch "
-                "cannot be chosen: add users or raise train.val_fraction"
-            )
+        self.enough = enough_users(
+            self.split.foldin.shape[0], len(ds.user_groups["validation"]), "played catalogue"
+        )
         log.info("validation: %d users scored (80/20 fold-in)", self.split.foldin.shape[0])
         self.metrics = metrics
         self.depth = max(int(m.split("@")[1]) for m in metrics)
@@ -89,6 +85,8 @@ class CatalogueValidator:
         self.chunks = [model_inputs(rows, feats) for rows in parts]
 
     def score(self, model: HybridVAE) -> dict[str, float]:
+        if not self.enough:
+            return {}  # too few scorable validation users: see __init__
         ranked = []
         for x, profile in self.chunks:
             scores = score_rows(model, x, profile)[1]  # (chunk, n_tracks) on the device
@@ -96,6 +94,22 @@ class CatalogueValidator:
             depth = min(self.depth, scores.shape[1])
             ranked.append(torch.topk(scores, depth, dim=1, sorted=True).indices.cpu().numpy())
         return evaluate_ranking(np.concatenate(ranked), self.split.heldout, self.metrics)
+
+
+MIN_SCORED_USERS = 5  # fewer: an epoch "chosen" on them is chosen on noise
+
+
+def enough_users(n_scored: int, n_validation: int, what: str) -> bool:
+    """Whether validation can choose an epoch; warns (once, at set-up) why not."""
+    if n_scored >= MIN_SCORED_USERS:
+        return True
+    log.warning(
+        "only %d of %d validation users have 5 or more %s tracks (%d needed): the best epoch "
+        "cannot be chosen, so training runs train.epochs and keeps the last epoch; add users "
+        "or raise train.val_fraction to validate",
+        n_scored, n_validation, what, MIN_SCORED_USERS,
+    )  # fmt: skip
+    return False
 
 
 def make_validator(
@@ -115,9 +129,10 @@ def make_validator(
 
 
 def score_model(validator: Validator, model: HybridVAE) -> dict[str, float]:
-    """``validator.score(model)``, checked: float values, the selection metric present."""
+    """``validator.score(model)``, checked: float values, the selection metric present; {}
+    when the validator has no user to score (then the last epoch is kept)."""
     metrics = {str(k): float(v) for k, v in validator.score(model).items()}
-    if SELECTION_METRIC not in metrics:
+    if metrics and SELECTION_METRIC not in metrics:
         raise ValueError(
             f"validator {validator.name!r} returned {sorted(metrics)}; it must include "
             f"{SELECTION_METRIC!r}, the metric that chooses the best epoch"
