@@ -336,7 +336,17 @@ def discover(
         typer.Argument(metavar="[USER_ID]...", help="Users to recommend for (one report each)."),
     ] = None,
     gems: Annotated[
-        bool, typer.Option("--gems", help="Hidden gems: similarity - lambda * popularity / 100.")
+        bool, typer.Option("--gems", help="Hidden gems: score - lambda * popularity / 100.")
+    ] = False,
+    new_artists: Annotated[
+        bool,
+        typer.Option(
+            "--new-artists", help="Only tracks by artists the user has never played (hybrid)."
+        ),
+    ] = False,
+    html: Annotated[
+        bool,
+        typer.Option("--html", help="Also write a self-contained HTML report (and DNA chart)."),
     ] = False,
     all_users: Annotated[
         bool, typer.Option("--all", help="Every user in the interactions (or --history) file.")
@@ -368,7 +378,8 @@ def discover(
         str | None,
         typer.Option(
             "--source",
-            help="db: scan the track database by Vibe DNA; catalogue: rank the "
+            help="db: rank the track database by the hybrid score (decoder, artists, Vibe "
+            "DNA); dna: by the Vibe DNA alone (the original design); catalogue: rank the "
             "model's tracks by decoder score (default: discover.source).",
         ),
     ] = None,
@@ -411,8 +422,8 @@ def discover(
         raise fail("give USER_IDs or --all, not both", 2)
     if not user_ids and not all_users and history is None:
         raise fail("give one or more USER_IDs, --all, or --history FILE", 2)
-    if source is not None and source not in ("db", "catalogue"):
-        raise fail(f"--source must be db or catalogue, got {source!r}", 2)
+    if source is not None and source not in ("db", "dna", "catalogue"):
+        raise fail(f"--source must be db, dna or catalogue, got {source!r}", 2)
     if temperature is not None and not temperature > 0:
         raise fail(f"--temperature must be > 0, got {temperature}", 2)
     if out is not None and out.suffix.lower() not in (".parquet", ".pq"):
@@ -449,12 +460,14 @@ def discover(
             history, int(batch.unknown.sum()), len(ck.track_ids),
         )  # fmt: skip
 
-    mode = "gems" if gems else "standard"
+    mode = "-".join(m for m, on in (("gems", gems), ("new-artists", new_artists)) if on)
+    mode = mode or "standard"
     tag = checkpoint_label(Path(ck_path), cfg.paths.best_checkpoint, ck.epoch)
     s, db = found.settings, found.database
     if db is not None:
         where = f"{db.n_tracks:,}-track database"
-        scanned = f"database {db.source} ({db.n_tracks:,} tracks, {s.similarity})"
+        how = "Vibe DNA" if found.hybrid is None else f"hybrid: {found.hybrid.weights}"
+        scanned = f"database {db.source} ({db.n_tracks:,} tracks, {how})"
     else:
         where = "model's catalogue"
         scanned = f"catalogue ({len(ck.track_ids):,} tracks, decoder scores)"
@@ -479,8 +492,25 @@ def discover(
             if paths:
                 report, dna = paths[u]
                 typer.echo(f"report: {report}  (DNA: {dna.name})")
+                if html:
+                    page = _html_report(block.discovery(u), report, ck, where, scanned)
+                    typer.echo(f"html: {page}")
     if out is not None:
         typer.echo(f"recommendations: {out} ({len(batch.users):,} users, {n_rows:,} rows)")
+
+
+def _html_report(res: Any, report: Path, ck: Any, where: str, scanned: str) -> Path:
+    """``..._{mode}.html`` beside the CSV: the DNA chart inline and the recommendations."""
+    from deepvibe.plots import plot_dna, write_html_report
+
+    chart = plot_dna(
+        ck.scaler.columns, res.dna_raw, res.dna_percentile, report.with_suffix(".png"),
+        title=f"Vibe DNA of {res.user}", where=where,
+    )  # fmt: skip
+    return write_html_report(
+        report.with_suffix(".html"), user=res.user, mode=res.mode, table=res.table,
+        dna_png=chart.read_bytes(), notes=[f"model epoch {ck.epoch}", scanned],
+    )  # fmt: skip
 
 
 @app.command()

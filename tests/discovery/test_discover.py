@@ -48,7 +48,8 @@ def run(toy_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def finder(run) -> Discoverer:
-    return Discoverer.from_checkpoint(run.best_checkpoint_path, progress=False)
+    """The original design's path: the database ranked by the Vibe DNA alone."""
+    return Discoverer.from_checkpoint(run.best_checkpoint_path, source="dna", progress=False)
 
 
 @pytest.fixture(scope="module")

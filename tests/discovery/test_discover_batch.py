@@ -40,7 +40,7 @@ def _reports(folder: Path) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------- batch == alone
 
 
-@pytest.mark.parametrize("source", ["db", "catalogue"])
+@pytest.mark.parametrize("source", ["db", "dna", "catalogue"])
 def test_batch_reports_are_identical_to_per_user_reports(model, tmp_path, source) -> None:
     users = [f"user_{i}" for i in (1, 5, 9, 30, 77, 150, 222, 399)]
     common = ["--source", source, "--top", "40"]
@@ -57,7 +57,7 @@ def test_batch_reports_are_identical_to_per_user_reports(model, tmp_path, source
 
 
 def test_defect6_users_are_discovered_in_blocks(model, monkeypatch) -> None:
-    finder = Discoverer.from_checkpoint(model.best_checkpoint_path, progress=False)
+    finder = Discoverer.from_checkpoint(model.best_checkpoint_path, source="dna", progress=False)
     finder.settings = finder.settings.model_copy(update={"user_block": 64})
     inter = du.load_training_users(model.data)
     batch = du.align_users(inter, finder.track_ids)  # all 400 users

@@ -33,9 +33,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from deepvibe.config import Config, DiscoverConfig, config_from_dict
+from deepvibe.data.artists import split_artist_column
 from deepvibe.data.tables import FeatureScaler, TrackTable
 from deepvibe.discovery.database import TrackDatabase, percentiles_from_quantiles
 from deepvibe.discovery.dna import vibe_dna
+from deepvibe.discovery.hybrid import DEFAULT_WEIGHTS, HybridWeights, why
 from deepvibe.discovery.report import (
     Discovery,
     DiscoveryBlock,
@@ -45,8 +47,10 @@ from deepvibe.discovery.report import (
     finish_table,
 )
 from deepvibe.discovery.scan import DnaScorer, check_database, scan, score_rows
+from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
 from deepvibe.discovery.users import HistoryNames, UserBatch
 from deepvibe.errors import DataError
+from deepvibe.model.artist_cf import ArtistCF
 from deepvibe.model.inference import encode_and_score
 from deepvibe.model.vae import HybridVAE
 from deepvibe.ranking.topk import top_k
@@ -58,6 +62,7 @@ MODEL_ROWS = 64  # users per model call, padded: one fixed shape, so one user's 
 # depend on who else is in the batch (BLAS kernels sum differently for other shapes)
 _BUFFER_CELLS = 1 << 23  # (users x candidates) cells of a scan's top-k buffers per block
 _QUANTILES = np.linspace(0.0, 1.0, 1001)
+MODES: tuple[Mode, ...] = ("standard", "gems", "new-artists", "gems-new-artists")
 
 
 class Discoverer:
@@ -89,13 +94,15 @@ class Discoverer:
         self.progress = progress
         self._catalogue_quantiles: np.ndarray | None = None
         self._catalogue_index = pd.Index(self.track_ids)
+        # The hybrid score over the database (source db); None: the Vibe DNA alone ranks it.
+        self.hybrid: HybridScorer | None = None
 
     @classmethod
     def from_checkpoint(
         cls,
         checkpoint: str | Path | Checkpoint,
         cfg: Config | None = None,
-        source: Literal["auto", "db", "catalogue"] | None = None,
+        source: Literal["auto", "db", "catalogue", "dna"] | None = None,
         progress: bool | None = None,
     ) -> Discoverer:
         """Load the model (and the database when the source is ``db``) once.
@@ -114,6 +121,8 @@ class Discoverer:
             chosen = "db" if (db_path and has_features and Path(db_path).exists()) else "catalogue"
             if db_path and has_features and chosen == "catalogue":
                 log.warning("database %s not found; ranking the catalogue instead", db_path)
+        hybrid = chosen == "db"  # "dna": the database ranked by the Vibe DNA alone
+        chosen = "db" if chosen == "dna" else chosen
         database = None
         if chosen == "db":
             if not has_features:
@@ -132,10 +141,13 @@ class Discoverer:
             )  # fmt: skip
         settings = settings.model_copy(update={"source": chosen})
         meta = {"popularity": ck.popularity, "names": ck.names, "artists": ck.artists}
-        return cls(
+        found = cls(
             ck.model, ck.track_ids, ck.scaler, ck.track_features, settings, database, meta,
             progress,
         )  # fmt: skip
+        if hybrid and database is not None:
+            found.hybrid = hybrid_scorer(ck, cfg, database)
+        return found
 
     # -- pieces
 
@@ -248,13 +260,18 @@ class Discoverer:
         mode: Mode = "standard",
     ) -> Iterator[DiscoveryBlock]:
         """:class:`DiscoveryBlock` after block of ``batch``'s users (memory set by the block)."""
-        if mode not in ("standard", "gems"):
-            raise ValueError(f"mode must be 'standard' or 'gems', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if "new-artists" in mode and self.hybrid is None:
+            raise DataError(
+                "--new-artists needs the hybrid database scan (artists of the database's "
+                "tracks): use --source db with a track database"
+            )
         n = self.settings.top_n if N is None else int(N)
         if n < 1:
             raise ValueError(f"N must be >= 1, got {n}")
         if self.database is not None:
-            check_database(self.database, self.scaler, mode == "gems")
+            check_database(self.database, self.scaler, mode.startswith("gems"))
         elif mode == "gems" and self.catalogue_meta.get("popularity") is None:
             raise DataError(
                 "hidden-gems mode needs track popularity, and this model's catalogue has none "
@@ -276,7 +293,12 @@ class Discoverer:
         has_features = self.track_features.shape[1] > 0
         dna = self.dna(scores) if has_features else np.zeros((len(batch.users), 0))
         dna_raw = self.scaler.inverse(dna) if has_features else dna
-        if self.database is not None:
+        if self.hybrid is not None:
+            table, offsets, dna = self._from_hybrid(batch, n, mode)
+            dna_raw = self.scaler.inverse(dna)
+            assert self.database is not None
+            pct = self.database.percentiles(dna_raw)
+        elif self.database is not None:
             table, offsets = self._from_database(dna, n, mode, batch)
             pct = self.database.percentiles(dna_raw)
         else:
@@ -307,6 +329,39 @@ class Discoverer:
         frame["similarity"] = parts["similarity"][found][keep]
         frame["score"] = scores[found][keep]
         return _first_n_per_user(frame, users[keep], len(batch.users), n, "similarity")
+
+    def _from_hybrid(
+        self, batch: UserBatch, n: int, mode: Mode
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """The hybrid score over the database: the k best unseen tracks per user, with the
+        part that drove each one (``why``); (table, offsets, (b, f) standardised DNA)."""
+        scorer = self.hybrid
+        assert scorer is not None
+        space, s = scorer.space, self.settings
+        history = _history_in_space(batch, space)  # (b, m) binary
+        inputs = scorer.user_inputs(history, batch.plays)
+        excluded = history
+        if "new-artists" in mode:
+            excluded = (history + space.same_artist_tracks(history)).tocsr()
+        penalty = None
+        if mode.startswith("gems"):
+            penalty = gems_penalty(space.popularity, s.gems_lambda, s.popularity_ceiling)
+        rows, scores = rank_space(scorer, inputs, n, excluded, penalty, s.chunk_size)
+        found = np.isfinite(scores) & inputs.usable[:, None]
+        users, slot = np.nonzero(found)
+        picked = rows[users, slot]
+        frame = pd.DataFrame({"track_id": space.track_ids[picked]})
+        meta = self.database.take(np.unique(picked)) if self.database is not None else None
+        if meta is not None:
+            at = pd.Index(meta["track_id"].to_numpy(dtype=object)).get_indexer(frame["track_id"])
+            for col in ("track_name", "artists", "popularity"):
+                if col in meta:
+                    frame[col] = meta[col].to_numpy()[at]
+        frame["similarity"] = np.einsum("ij,ij->i", inputs.dna[users], space.units[picked])
+        frame["score"] = scores[users, slot]
+        frame["why"] = _reasons(scorer, inputs, rows, found, batch, space)
+        table, offsets = _first_n_per_user(frame, users, len(batch.users), n, "similarity")
+        return table, offsets, inputs.dna_raw.astype(np.float64)
 
     def _from_catalogue(
         self, scores: np.ndarray, n: int, mode: Mode, batch: UserBatch
@@ -364,6 +419,90 @@ def _in_history(batch: UserBatch, users: np.ndarray, track_ids: np.ndarray) -> n
     probe = users.astype(np.int64) * width + code
     pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
     return (code >= 0) & (keys[pos] == probe)
+
+
+def hybrid_scorer(ck: Checkpoint, cfg: Config, database: TrackDatabase) -> HybridScorer:
+    """The checkpoint's model, artist model and fitted weights (``discover.weights`` in the
+    config override them part by part) over the whole database held in memory."""
+    meta = [
+        c for c, has in (("track_name", database.has_names), ("artists", database.has_artists),
+                         ("popularity", database.has_popularity)) if has
+    ]  # fmt: skip
+    frame = database.take(np.arange(database.n_tracks), ["track_id", *ck.scaler.columns, *meta])
+    lists = split_artist_column(frame["artists"]) if "artists" in frame else None
+    table = TrackTable(
+        frame["track_id"].to_numpy(dtype=object),
+        frame[list(ck.scaler.columns)].to_numpy(np.float64),
+        tuple(ck.scaler.columns),
+        frame["popularity"].to_numpy(np.float64) if "popularity" in frame else None,
+        frame["track_name"].to_numpy(dtype=object) if "track_name" in frame else None,
+        frame["artists"].to_numpy(dtype=object) if "artists" in frame else None,
+        lists,
+    )
+    space = TrackSpace.from_table(table, ck.scaler, ck.track_ids)
+    extras = ck.extras or {}
+    fitted = extras.get("discovery_weights")
+    base = DEFAULT_WEIGHTS if not fitted else HybridWeights.from_dict(fitted)
+    weights = HybridWeights.from_dict(cfg.discover.weights.given(), base=base)
+    cf_state = extras.get("artist_cf")
+    artist_cf = ArtistCF.from_state(cf_state) if cf_state else None
+    log.info("hybrid discovery: %s%s", weights, "" if artist_cf else " (no artist model)")
+    d = cfg.discover
+    return HybridScorer(
+        ck.model, ck.track_features, space, weights, d.temperature, d.top_k, artist_cf
+    )
+
+
+def gems_penalty(popularity: np.ndarray, lam: float, ceiling: float | None) -> np.ndarray:
+    """(m,) lambda * popularity / 100; inf (never recommended) where popularity is unknown or
+    above the ceiling."""
+    pop = np.asarray(popularity, dtype=np.float64)
+    penalty = lam * pop / 100.0
+    never = np.isnan(pop) if ceiling is None else np.isnan(pop) | (pop > ceiling)
+    penalty[never] = np.inf
+    return penalty
+
+
+def _history_in_space(batch: UserBatch, space: TrackSpace) -> sp.csr_matrix:
+    """(b, m): every track each user played (catalogue or not) that the database holds."""
+    hist = space.to_space(batch.history_matrix, batch.history_ids)
+    hist.data[:] = 1.0
+    return hist
+
+
+def _reasons(
+    scorer: HybridScorer,
+    inputs: UserInputs,
+    rows: np.ndarray,
+    found: np.ndarray,
+    batch: UserBatch,
+    space: TrackSpace,
+) -> list[str]:
+    """The ``why`` of each found (user, track), users in order: the part that added most."""
+    out: list[str] = []
+    names = space.names if space.names is not None else space.track_ids
+    for u in range(rows.shape[0]):
+        picked = rows[u, found[u]]
+        if len(picked) == 0:
+            continue
+        one = _one_user(inputs, u)
+        parts = {k: v[0] for k, v in scorer.parts(one, picked).items()}  # (k,) each
+        played = inputs.history[u].indices
+        played = played[space.has_features[played]]
+        out += why(
+            parts, scorer.weights, int(inputs.history[u].nnz), space.units[picked],
+            space.units[played], np.asarray(names, dtype=object)[played],
+        )  # fmt: skip
+    return out
+
+
+def _one_user(inputs: UserInputs, u: int) -> UserInputs:
+    pick = slice(u, u + 1)
+    return UserInputs(
+        inputs.dna[pick], inputs.dna_raw[pick], inputs.shares[pick],
+        None if inputs.collab is None else inputs.collab[pick], inputs.decoder_z[pick],
+        inputs.history[pick], inputs.usable[pick],
+    )  # fmt: skip
 
 
 def _first_n_per_user(

@@ -36,7 +36,7 @@ from deepvibe.fileio import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-Mode = Literal["standard", "gems"]
+Mode = Literal["standard", "gems", "new-artists", "gems-new-artists"]
 Source = Literal["db", "catalogue"]
 TEXT_COLUMNS = ("track_id", "track_name", "artists")
 _SPOTIFY_TRACK = "https://open.spotify.com/track/"
@@ -120,7 +120,10 @@ def finish_table(frame: pd.DataFrame, base: str) -> pd.DataFrame:
     for col in (base, "score"):  # float32 arithmetic: 6 decimals is all the precision there is
         frame[col] = np.round(frame[col].astype(np.float64), 6)
     frame["spotify_url"] = spotify_urls(frame["track_id"].to_numpy(dtype=object))
-    return frame[report_columns(base)]
+    columns = report_columns(base)
+    if "why" in frame:  # the hybrid's reason, after the numbers
+        columns.insert(columns.index("spotify_url"), "why")
+    return frame[columns]
 
 
 # ----------------------------------------------------------------------------- files

@@ -34,6 +34,9 @@ from deepvibe.model.artist_cf import ArtistCF
 from deepvibe.model.inference import score_rows
 from deepvibe.model.sparse import SparseRows
 from deepvibe.model.vae import HybridVAE
+from deepvibe.ranking.topk import top_k
+
+TILE = 64  # users per model call and per scoring tile (padded: one fixed shape)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,20 @@ class UserInputs:
     history: sp.csr_matrix  # (U, n) binary: the users' history over the space
     usable: np.ndarray  # (U,) bool: something to score by (features, artists or catalogue)
 
+    def padded(self, a: int, b: int, size: int) -> UserInputs:
+        """Users a:b padded with empty users to ``size`` rows."""
+
+        def dense(x: np.ndarray) -> np.ndarray:
+            out = np.zeros((size, *x.shape[1:]), dtype=x.dtype)
+            out[: b - a] = x[a:b]
+            return out
+
+        return UserInputs(
+            dense(self.dna), dense(self.dna_raw), _padded(self.shares[a:b], size),
+            None if self.collab is None else dense(self.collab), dense(self.decoder_z),
+            _padded(self.history[a:b], size), dense(self.usable),
+        )  # fmt: skip
+
 
 class HybridScorer:
     """One model, one track space, one set of weights -> scores for blocks of users."""
@@ -153,29 +170,40 @@ class HybridScorer:
             self.cf_artists = sp.csr_matrix(space.artists @ remap)
 
     def user_inputs(self, history: sp.csr_matrix, catalogue_plays: sp.csr_matrix) -> UserInputs:
-        """history: (U, n) plays over the space; catalogue_plays: (U, n_catalogue) plays."""
+        """history: (U, n) plays over the space; catalogue_plays: (U, n_catalogue) plays.
+
+        The model and the DNA run on fixed tiles of ``TILE`` users (padded), so a user's
+        inputs, and so their report, never depend on who else is in the block."""
         history = sp.csr_matrix(history, dtype=np.float32)
+        catalogue_plays = sp.csr_matrix(catalogue_plays, dtype=np.float32)
         binary = history.copy()
         binary.data[:] = 1.0
-        profile = self._profile(history)
-        device = self.features.device
-        x = SparseRows.from_csr(sp.csr_matrix(catalogue_plays, dtype=np.float32)).to(device)
-        _, scores = score_rows(self.model, x.binary(), profile.to(device))
-        scores_np = scores.float().cpu().numpy()
-        dna_raw = _vibe_dna(scores_np, self.features.numpy(), self.temperature, self.top_k)
-        has_history = np.diff(binary.indptr) > 0
-        has_catalogue = np.diff(sp.csr_matrix(catalogue_plays).indptr) > 0
+        n_users = history.shape[0]
+        scores = np.empty((n_users, self.features.shape[0]), np.float32)
+        dna_raw = np.empty((n_users, self.features.shape[1]), np.float32)
+        device = next(self.model.parameters()).device
+        for a in range(0, n_users, TILE):
+            b = min(a + TILE, n_users)
+            profile = self._profile(_padded(history[a:b], TILE))
+            x = SparseRows.from_csr(_padded(catalogue_plays[a:b], TILE)).to(device)
+            _, tile = score_rows(self.model, x.binary(), profile.to(device))
+            tile_np = tile.float().cpu().numpy()
+            scores[a:b] = tile_np[: b - a]
+            dna_tile = _vibe_dna(tile_np, self.features.numpy(), self.temperature, self.top_k)
+            dna_raw[a:b] = dna_tile[: b - a]
         collab = None
         if self.artist_cf is not None and self.cf_artists is not None:
             user_artists = sp.csr_matrix(binary @ self.cf_artists)
             user_artists.data[:] = 1.0
             collab = self.artist_cf.user_scores(user_artists)
+        has_history = np.diff(binary.indptr) > 0
+        has_catalogue = np.diff(catalogue_plays.indptr) > 0
         return UserInputs(
             dna=unit_rows(dna_raw),
             dna_raw=dna_raw,
             shares=artist_share_matrix(binary, self.space.artists),
             collab=collab,
-            decoder_z=zscore_rows(scores_np),
+            decoder_z=zscore_rows(scores),
             history=binary,
             usable=has_history | has_catalogue,
         )
@@ -226,6 +254,73 @@ class HybridScorer:
         if users.collab is not None and self.cf_artists is not None:
             out["collab"] = collab_part(users.collab, self.cf_artists[rows])
         return out
+
+
+def rank_space(
+    scorer: HybridScorer,
+    users: UserInputs,
+    k: int,
+    excluded: sp.csr_matrix | None = None,
+    penalty: np.ndarray | None = None,
+    chunk: int = 65_536,
+    weights: HybridWeights | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best space rows per user: (U, k) rows and (U, k) float32 scores, best first
+    (score descending, then row ascending: the result never depends on ``chunk``).
+
+    ``excluded`` (U, n) pairs are never returned (a user's history, new-artist exclusions);
+    ``penalty`` (n,) is subtracted from every user's scores (inf: never returned). Slots a
+    user cannot fill hold -inf. Memory: U x (chunk + k), whatever the space's size."""
+    n_users = users.dna.shape[0]
+    rows_out = np.full((n_users, k), -1, np.int64)
+    scores_out = np.full((n_users, k), -np.inf, np.float32)
+    excluded = None if excluded is None else sp.csr_matrix(excluded)
+    for a in range(0, n_users, TILE):  # fixed tiles: the same arithmetic for a user alone
+        b = min(a + TILE, n_users)
+        tile = users.padded(a, b, TILE)
+        masked = None if excluded is None else _padded(excluded[a:b], TILE)
+        r, v = _rank_tile(scorer, tile, k, masked, penalty, chunk, weights)
+        width = r.shape[1]
+        rows_out[a:b, :width], scores_out[a:b, :width] = r[: b - a], v[: b - a]
+    return rows_out, scores_out
+
+
+def _rank_tile(
+    scorer: HybridScorer,
+    users: UserInputs,
+    k: int,
+    excluded: sp.csr_matrix | None,
+    penalty: np.ndarray | None,
+    chunk: int,
+    weights: HybridWeights | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    n_users = users.dna.shape[0]
+    best_scores = np.full((n_users, 0), -np.inf, np.float32)
+    best_rows = np.zeros((n_users, 0), np.int64)
+    for start in range(0, len(scorer.space), chunk):
+        rows = slice(start, min(start + chunk, len(scorer.space)))
+        scores = scorer.score(users, rows, weights)
+        if penalty is not None:
+            scores -= penalty[rows].astype(np.float32)
+        if excluded is not None:
+            seen = excluded[:, rows].tocoo()
+            scores[seen.row, seen.col] = -np.inf
+        ids = np.broadcast_to(np.arange(rows.start, rows.stop, dtype=np.int64), scores.shape)
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_rows = np.concatenate([best_rows, ids], axis=1)
+        keep = top_k(best_scores, k, best_rows)
+        best_scores = np.take_along_axis(best_scores, keep, axis=1)
+        best_rows = np.take_along_axis(best_rows, keep, axis=1)
+    return best_rows, best_scores
+
+
+def _padded(rows: sp.csr_matrix, size: int) -> sp.csr_matrix:
+    """(b, m) -> (size, m): empty rows appended."""
+    rows = sp.csr_matrix(rows)
+    if rows.shape[0] == size:
+        return rows
+    pad = sp.csr_matrix((size - rows.shape[0], rows.shape[1]), dtype=rows.dtype)
+    return sp.vstack([rows, pad], format="csr")
 
 
 def _vibe_dna(

@@ -21,13 +21,12 @@ from deepvibe.config import Config
 from deepvibe.data.dataset import Dataset, uses_database_validation
 from deepvibe.data.tables import load_track_table
 from deepvibe.discovery.hybrid import DEFAULT_WEIGHTS, CandidatePool, HybridWeights, fit_weights
-from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs
+from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
 from deepvibe.errors import DataError
 from deepvibe.model.artist_cf import ArtistCF
 from deepvibe.model.vae import HybridVAE
 from deepvibe.ranking.metrics import ndcg_at_k, recall_at_k
 from deepvibe.ranking.protocol import FoldIn, foldin_split
-from deepvibe.ranking.topk import top_k
 from deepvibe.training.artists import fit_artist_cf
 from deepvibe.training.validation import enough_users
 
@@ -103,31 +102,13 @@ class DatabaseValidator:
         scorer = self._scorer(model)
         inputs = scorer.user_inputs(self.split.foldin, self.foldin_catalogue)
         self._last = (scorer, inputs)
-        ranked = self._rank(scorer, inputs, 100)
+        ranked, _ = rank_space(scorer, inputs, 100, self.split.foldin, chunk=CHUNK)
         held = self.split.heldout
         return {
             "ndcg@100": float(ndcg_at_k(ranked, held, 100).mean()),
             "recall@20": float(recall_at_k(ranked, held, 20).mean()),
             "recall@50": float(recall_at_k(ranked, held, 50).mean()),
         }
-
-    def _rank(self, scorer: HybridScorer, inputs: UserInputs, k: int) -> np.ndarray:
-        """(U, k) database rows, best first, fold-in masked, chunk by chunk."""
-        best_scores = np.full((self.n_users, 0), -np.inf, np.float32)
-        best_rows = np.zeros((self.n_users, 0), np.int64)
-        foldin = sp.csr_matrix(self.split.foldin)
-        for start in range(0, len(self.space), CHUNK):
-            rows = slice(start, min(start + CHUNK, len(self.space)))
-            scores = scorer.score(inputs, rows)
-            seen = foldin[:, rows].tocoo()
-            scores[seen.row, seen.col] = -np.inf
-            idx = np.arange(rows.start, rows.stop, dtype=np.int64)
-            best_scores = np.concatenate([best_scores, scores], axis=1)
-            best_rows = np.concatenate([best_rows, np.broadcast_to(idx, scores.shape)], axis=1)
-            keep = top_k(best_scores, k, best_rows)
-            best_scores = np.take_along_axis(best_scores, keep, axis=1)
-            best_rows = np.take_along_axis(best_rows, keep, axis=1)
-        return best_rows
 
     def checkpoint_extras(self) -> dict[str, Any]:
         """The artist model and the discovery weights fitted at this (the best) epoch."""
