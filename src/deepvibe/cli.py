@@ -452,7 +452,9 @@ def discover(
         inter, origin = load_history(history, cfg.data, found.history_names()), str(history)
     else:
         inter, origin = load_training_users(cfg.data), str(cfg.data.interactions)
-    batch = align_users(inter, ck.track_ids, None if all_users else user_ids or None, origin)
+    space_ids = None if found.hybrid is None else found.hybrid.space.track_ids
+    wanted = None if all_users else user_ids or None
+    batch = align_users(inter, ck.track_ids, wanted, origin, space_ids)
     if history is not None and batch.unknown.sum():
         log.warning(
             "%s: %d played tracks are not in the model's catalogue (%d tracks); they cannot "

@@ -73,15 +73,20 @@ def make_toy_data(
     tracks_per_user: tuple[int, int] = (15, 45),
     off_taste: float = 0.1,
     seed: int = 0,
+    feature_spread: float = 1.6,
 ) -> ToyData:
-    """Generate a toy world. ``tracks`` are in the matrix; ``db_tracks`` >= tracks in total."""
+    """Generate a toy world. ``tracks`` are in the matrix; ``db_tracks`` >= tracks in total.
+
+    Taste groups differ in their artists (``Artist {group}-{n}``) and, by ``feature_spread``
+    (the spread of the groups' audio centroids), in how they sound: with 0 every group sounds
+    the same and only artists (who plays them with whom) tell the groups apart."""
     if db_tracks < tracks:
         raise ValueError(f"db_tracks ({db_tracks}) must be >= tracks ({tracks})")
     if groups < 1 or users < groups or tracks < groups:
         raise ValueError("need at least one user and one track per taste group")
     rng = np.random.default_rng(seed)
     n_feat = len(DEFAULT_FEATURES)
-    centroids = rng.normal(0.0, 1.6, size=(groups, n_feat))
+    centroids = rng.normal(0.0, 1.6, size=(groups, n_feat)) * (feature_spread / 1.6)
     track_group = np.arange(db_tracks) % groups
     rng.shuffle(track_group)
     z = centroids[track_group] + rng.normal(0.0, 0.45, size=(db_tracks, n_feat))

@@ -26,6 +26,7 @@ from deepvibe.errors import DataError
 log = logging.getLogger(__name__)
 
 NO_CATALOGUE_TRACK = "no track in the model's catalogue"
+NO_DATABASE_TRACK = "no track in the model's catalogue or the track database"
 _SHOWN = 5  # skipped users named in a warning
 
 
@@ -137,13 +138,16 @@ def align_users(
     catalogue_ids: np.ndarray,
     users: list[str] | np.ndarray | None = None,
     source: str = "interactions",
+    database_ids: np.ndarray | None = None,
 ) -> UserBatch:
     """Current vectors (each user's latest row) mapped onto the catalogue columns.
 
     History = the union of all the user's rows. Unknown user ids are an error that names
-    them. A user with no catalogue track cannot be placed by the model: they are left out
+    them. A user with no catalogue track, and (with ``database_ids``, the hybrid's database)
+    no history track in the database either, cannot be placed: they are left out
     (``skipped``, with the reason) and a warning names the first few; when that leaves nobody,
-    it is an error.
+    it is an error. With ``database_ids`` a user with database tracks only is placed from
+    their artists and audio profile.
     """
     known = pd.Index(pd.unique(inter.row_users))
     wanted = pd.Index(list(inter.user_ids) if users is None else [str(u) for u in users])
@@ -179,12 +183,21 @@ def align_users(
     outside = sp.csr_matrix((column < 0).astype(np.float32)[None, :])
     unknown = np.asarray(history.multiply(outside).sum(axis=1)).ravel().astype(np.int64)
     batch = UserBatch(ids, plays, history, np.asarray(inter.track_ids, dtype=object), unknown)
-    return _drop_unplaceable(batch, len(catalogue_ids), source)
+    return _drop_unplaceable(batch, len(catalogue_ids), source, database_ids)
 
 
-def _drop_unplaceable(batch: UserBatch, n_catalogue: int, source: str) -> UserBatch:
-    """Leave out users with no catalogue track; warn once; refuse when nobody is left."""
+def _drop_unplaceable(
+    batch: UserBatch, n_catalogue: int, source: str, database_ids: np.ndarray | None = None
+) -> UserBatch:
+    """Leave out users with nothing to place them by; warn once; refuse when nobody is left."""
     empty = np.diff(batch.plays.indptr) == 0
+    if database_ids is not None and empty.any():
+        in_db = (pd.Index(np.asarray(database_ids, dtype=object)).get_indexer(batch.history_ids)
+                 >= 0).astype(np.float32)  # fmt: skip
+        empty &= np.asarray(batch.history_matrix @ in_db).ravel() == 0
+        if empty.any():
+            skipped = [str(u) for u in batch.users[empty]]
+            return _skip(batch, empty, skipped, NO_DATABASE_TRACK, source)
     if not empty.any():
         return batch
     skipped = [str(u) for u in batch.users[empty]]
@@ -198,8 +211,25 @@ def _drop_unplaceable(batch: UserBatch, n_catalogue: int, source: str) -> UserBa
         "%s: skipped %d of %d users with %s (%d tracks), which the model cannot place: %s",
         source, len(skipped), len(batch.users), NO_CATALOGUE_TRACK, n_catalogue, shown,
     )  # fmt: skip
+    return _without(batch, empty, [(u, NO_CATALOGUE_TRACK) for u in skipped])
+
+
+def _skip(
+    batch: UserBatch, empty: np.ndarray, skipped: list[str], reason: str, source: str
+) -> UserBatch:
+    shown = ", ".join(repr(u) for u in skipped[:_SHOWN]) + (" ..." if len(skipped) > _SHOWN else "")
+    if empty.all():
+        raise DataError(f"{source}: user {shown} has {reason}; nothing to recommend from")
+    log.warning(
+        "%s: skipped %d of %d users with %s: %s", source, len(skipped), len(batch.users),
+        reason, shown,
+    )  # fmt: skip
+    return _without(batch, empty, [(u, reason) for u in skipped])
+
+
+def _without(batch: UserBatch, empty: np.ndarray, skipped: list[tuple[str, str]]) -> UserBatch:
     keep = np.flatnonzero(~empty)
     return UserBatch(
         batch.users[keep], batch.plays[keep], batch.history_matrix[keep], batch.history_ids,
-        batch.unknown[keep], [(u, NO_CATALOGUE_TRACK) for u in skipped],
+        batch.unknown[keep], skipped,
     )  # fmt: skip
