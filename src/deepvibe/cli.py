@@ -561,8 +561,22 @@ def evaluate(
         bool | None, typer.Option("--progress/--no-progress", help="Progress bars.")
     ] = False,
     device: DeviceOpt = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="catalogue (strong generalization), discovery (rank the track database: "
+            "database-ranking and new-artist protocols) or auto (discovery when data.database "
+            "has audio features).",
+        ),
+    ] = "auto",
+    split_seed: Annotated[
+        int | None,
+        typer.Option("--split-seed", help="Discovery protocol: run this one split seed."),
+    ] = None,
 ) -> None:
-    """Strong-generalization offline evaluation of deepvibe and baselines (mean ±std over seeds)."""
+    """Offline evaluation of deepvibe and baselines (mean ±std over seeds): the catalogue
+    protocol (strong generalization) or the discovery protocols (the track database)."""
     from deepvibe.errors import ConfigError
     from deepvibe.evaluation.evaluate import (
         DEFAULT_EASE_LAMBDAS,
@@ -594,10 +608,51 @@ def evaluate(
         multvae_epochs=multvae_epochs,
         progress=progress,
     )
-    report = run_evaluation(cfg, settings, checkpoint=checkpoint, device=device)
-    typer.echo(format_report(report))
+    if _evaluation_protocol(cfg, protocol, checkpoint, split_seed) == "discovery":
+        from deepvibe.evaluation.discovery import (
+            DiscoverySettings,
+            evaluate_discovery,
+            format_discovery_report,
+        )
+
+        split_seeds = (split_seed,) if split_seed is not None else tuple(range(seeds))
+        disc = DiscoverySettings(split_seeds=split_seeds, deepvibe=with_deepvibe, progress=progress)
+        report = evaluate_discovery(cfg, disc)
+        typer.echo(format_discovery_report(report))
+    else:
+        report = run_evaluation(cfg, settings, checkpoint=checkpoint, device=device)
+        typer.echo(format_report(report))
     if json_out is not None:
         typer.echo(f"\nreport: {write_evaluation_json(report, json_out)}")
+
+
+def _evaluation_protocol(
+    cfg: Any, protocol: str, checkpoint: Path | None, split_seed: int | None
+) -> str:
+    """catalogue | discovery from --protocol (auto: discovery when the config has a database
+    with features and no --checkpoint is given); conflicting options are errors."""
+    from deepvibe.data.dataset import uses_database_validation
+    from deepvibe.errors import ConfigError
+    from deepvibe.evaluation.discovery import require_database
+
+    if protocol not in ("auto", "catalogue", "discovery"):
+        raise ConfigError(f"--protocol must be catalogue, discovery or auto, got {protocol!r}")
+    if protocol == "auto":
+        auto = checkpoint is None and uses_database_validation(cfg)
+        protocol = "discovery" if auto else "catalogue"
+    if protocol == "discovery":
+        if checkpoint is not None:
+            raise ConfigError(
+                "--checkpoint evaluates the catalogue protocol: use --protocol "
+                "catalogue (the discovery protocol trains one model per split)"
+            )
+        require_database(cfg)
+    elif split_seed is not None:
+        raise ConfigError(
+            "--split-seed is for the discovery protocol; for the catalogue "
+            "protocol set the seed with --set seed=S"
+        )
+    return protocol
 
 
 @app.command()

@@ -42,7 +42,7 @@ def toy_report(toy_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         app,
         [
             "evaluate", "--config", str(cfg_path), "--seeds", "2", "--json", str(out),
-            "--multvae-epochs", "3", "--ease-lambdas", "10,100",
+            "--multvae-epochs", "3", "--ease-lambdas", "10,100", "--protocol", "catalogue",
         ],
     )  # fmt: skip
     return res, out
