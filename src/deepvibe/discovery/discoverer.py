@@ -449,7 +449,14 @@ def hybrid_scorer(ck: Checkpoint, cfg: Config, database: TrackDatabase) -> Hybri
     log.info("hybrid discovery: %s%s", weights, "" if artist_cf else " (no artist model)")
     d = cfg.discover
     return HybridScorer(
-        ck.model, ck.track_features, space, weights, d.temperature, d.top_k, artist_cf
+        ck.model,
+        ck.track_features,
+        space,
+        weights,
+        d.temperature,
+        d.top_k,
+        artist_cf,
+        d.dna_anchor,
     )
 
 

@@ -151,8 +151,10 @@ class HybridScorer:
         temperature: float,
         top_k: int | None,
         artist_cf: ArtistCF | None = None,
+        dna_anchor: float = 0.0,
     ) -> None:
         self.model = model
+        self.dna_anchor = dna_anchor
         self.features = torch.from_numpy(np.asarray(catalogue_features, np.float32))
         self.space = space
         self.weights = weights
@@ -190,6 +192,8 @@ class HybridScorer:
             tile_np = tile.float().cpu().numpy()
             scores[a:b] = tile_np[: b - a]
             dna_tile = _vibe_dna(tile_np, self.features.numpy(), self.temperature, self.top_k)
+            # anchored in what the user played: (1 - a) * model DNA + a * history profile
+            dna_tile = (1.0 - self.dna_anchor) * dna_tile + self.dna_anchor * profile.numpy()
             dna_raw[a:b] = dna_tile[: b - a]
         collab = None
         if self.artist_cf is not None and self.cf_artists is not None:

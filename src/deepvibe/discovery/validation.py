@@ -93,7 +93,14 @@ class DatabaseValidator:
     def _scorer(self, model: HybridVAE) -> HybridScorer:
         d = self.cfg.discover
         return HybridScorer(
-            model, self.features, self.space, self.weights, d.temperature, d.top_k, self.artist_cf
+            model,
+            self.features,
+            self.space,
+            self.weights,
+            d.temperature,
+            d.top_k,
+            self.artist_cf,
+            d.dna_anchor,
         )
 
     def score(self, model: HybridVAE) -> dict[str, float]:

@@ -255,7 +255,14 @@ def train_deepvibe(
     space = TrackSpace.from_table(data.database, ds.scaler, ds.track_ids)
     d = cfg.discover
     scorer = HybridScorer(
-        result.model.cpu(), ds.track_features, space, weights, d.temperature, d.top_k, artist_cf
+        result.model.cpu(),
+        ds.track_features,
+        space,
+        weights,
+        d.temperature,
+        d.top_k,
+        artist_cf,
+        d.dna_anchor,
     )
     info = {
         "fit_seconds": time.perf_counter() - started,
