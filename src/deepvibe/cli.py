@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -24,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 log = logging.getLogger("deepvibe.cli")
-_state = {"debug": False}
+_state = {"debug": False, "verbose": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -96,7 +97,7 @@ def main(
 ) -> None:
     from deepvibe.logs import configure_console
 
-    _state["debug"] = debug
+    _state["debug"], _state["verbose"] = debug, verbose
     configure_console(verbose)
 
 
@@ -148,16 +149,39 @@ def train(
         typer.Option("--progress/--no-progress", help="Progress bar (default: on a tty)."),
     ] = None,
     device: DeviceOpt = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Train with N data-parallel processes on this machine (runs torchrun).",
+        ),
+    ] = None,
 ) -> None:
     """Train the hybrid VAE; keep the best checkpoint by validation NDCG@100."""
     from deepvibe.fileio import ensure_writable_dir
     from deepvibe.logs import file_log
+    from deepvibe.training import distributed
     from deepvibe.training.train import train as run_training
 
+    if nproc is not None:  # the same command without --nproc, once per process
+        args = [f"--{k}" for k in ("debug", "verbose") if _state[k]] + ["train"]
+        args += [
+            *(["--config", str(config)] if config else []),
+            *(["--resume", str(resume)] if resume else []),
+        ]
+        args += [f"--set={s}" for s in set_ or []] + (["--device", device] if device else [])
+        args += [] if progress is None else ["--progress" if progress else "--no-progress"]
+        raise typer.Exit(distributed.launch_local(nproc, args))
     cfg = load_cfg(config, [*(set_ or []), *device_override(device)])
-    logs_dir = ensure_writable_dir(cfg.paths.logs_dir, "log folder (paths.logs_dir)")
-    with file_log(logs_dir / "training_detailed.log"):
-        result = run_training(cfg, resume=resume, progress=progress)
+    with distributed.session(cfg.train.dist_timeout_s, cfg.train.device) as ranks:
+        logs_dir = None  # under torchrun rank 0 alone logs and reports
+        if ranks.is_main:
+            logs_dir = ensure_writable_dir(cfg.paths.logs_dir, "log folder (paths.logs_dir)")
+        with file_log(logs_dir / "training_detailed.log") if logs_dir else nullcontext():
+            result = run_training(cfg, resume=resume, progress=progress)
+    if not ranks.is_main:
+        raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:
         if result.snapshot is not None:
             typer.echo(
