@@ -147,6 +147,23 @@ def test_one_process_is_the_identity() -> None:
     assert Ranks(rank=1, world=2).own_rng({"world": 2, "ranks": ["r0", "r1"]}) == "r1"
 
 
+def test_only_failed_collectives_are_blamed_on_the_group() -> None:
+    """A bug stays a bug (re-raised with its traceback); a collective that failed while no
+    rank is known dead becomes one line that says what to check."""
+    two = Ranks(rank=1, world=2, timeout_s=7)
+    with pytest.raises(IndexError), two.guard():
+        raise IndexError("a bug")
+    with pytest.raises(RuntimeError, match="shape mismatch"), two.guard():
+        raise RuntimeError("shape mismatch in addmm")
+    with pytest.raises(distributed.RankFailed) as failed, two.guard(lambda: "kept in last.pth"):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Timed out waiting 7000ms for recv")
+    message = str(failed.value)
+    assert message.startswith("rank 1 of 2: a collective operation failed while every rank")
+    assert "train.dist_timeout_s (7 s)" in message and message.endswith("; kept in last.pth")
+    with pytest.raises(RuntimeError, match="Connection reset"), SINGLE.guard():
+        raise RuntimeError("Connection reset by peer")  # one process: nothing to explain
+
+
 def test_train_nproc_launches_torchrun_with_the_same_arguments(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

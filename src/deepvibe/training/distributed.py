@@ -469,12 +469,15 @@ def current() -> Ranks:
 
 
 @contextlib.contextmanager
-def session(timeout_s: float, device: str = "auto") -> Iterator[Ranks]:
+def session(timeout_s: float, device: str = "auto", wait_s: float | None = None) -> Iterator[Ranks]:
     """Join the process group torchrun describes (no-op without it) for the block.
 
     ``device`` is the config's ``train.device``: CUDA means NCCL and one GPU per process
-    (``cuda:LOCAL_RANK``), otherwise gloo. Joining waits at most ``timeout_s`` for the other
-    ranks; a rank that never comes fails with one line. Ranks other than 0 only print errors.
+    (``cuda:LOCAL_RANK``), otherwise gloo. ``timeout_s``: a rank silent that long is dead
+    (heartbeats; a killed process is noticed at the next collective, in seconds). ``wait_s``
+    (default ``timeout_s``) bounds joining and each collective's wait for ranks that are alive
+    but slower, e.g. a barrier after unevenly long work.
+    Ranks other than 0 only print errors.
     """
     global _active
     rank, world, local = env_ranks()
@@ -494,10 +497,12 @@ def session(timeout_s: float, device: str = "auto") -> Iterator[Ranks]:
     try:
         dist.init_process_group(
             "nccl" if kind == "cuda" else "gloo", rank=rank, world_size=world,
-            timeout=datetime.timedelta(seconds=timeout_s),
+            timeout=datetime.timedelta(seconds=wait_s or timeout_s),
         )  # fmt: skip
         health = _Health(rank, world, timeout_s).start()
     except (RuntimeError, ValueError, KeyError) as exc:  # DistStoreError, missing variable
+        if dist.is_initialized():
+            dist.destroy_process_group()
         raise RankFailed(
             f"rank {rank} of {world}: could not join the other processes at {where} within "
             f"train.dist_timeout_s ({timeout_s:g} s): {' '.join(str(exc).split())[:200]}"
