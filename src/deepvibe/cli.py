@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -26,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 log = logging.getLogger("deepvibe.cli")
-_state = {"debug": False}
+_state = {"debug": False, "verbose": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,7 +99,7 @@ def main(
 ) -> None:
     from deepvibe.logs import configure_console
 
-    _state["debug"] = debug
+    _state["debug"], _state["verbose"] = debug, verbose
     configure_console(verbose)
 
 
@@ -169,21 +170,52 @@ def train(
     plots: Annotated[
         bool, typer.Option("--plots/--no-plots", help="Draw logs/training_curves.png at the end.")
     ] = True,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Train with N data-parallel processes on this machine (runs torchrun).",
+        ),
+    ] = None,
 ) -> None:
     """Train the hybrid VAE; keep the best checkpoint by validation NDCG@100."""
     from deepvibe.discovery.validation import validator_for
     from deepvibe.fileio import ensure_writable_dir
     from deepvibe.logs import file_log
+    from deepvibe.training import distributed
     from deepvibe.training.train import train as run_training
 
+    if nproc is not None:  # the same command without --nproc, once per process
+        args = [f"--{k}" for k in ("debug", "verbose") if _state[k]] + ["train"]
+        args += [
+            *(["--config", str(config)] if config else []),
+            *(["--resume", str(resume)] if resume else []),
+        ]
+        args += [f"--set={s}" for s in set_ or []] + (["--device", device] if device else [])
+        args += [] if progress is None else ["--progress" if progress else "--no-progress"]
+        args += (["--tensorboard", str(tensorboard)] if tensorboard else []) + (
+            [] if plots else ["--no-plots"]
+        )
+        raise typer.Exit(distributed.launch_local(nproc, args))
     cfg = load_cfg(config, [*(set_ or []), *device_override(device)])
-    logs_dir = ensure_writable_dir(cfg.paths.logs_dir, "log folder (paths.logs_dir)")
-    tb_dir = tensorboard or (logs_dir / "tensorboard" if cfg.train.tensorboard else None)
-    with file_log(logs_dir / "training_detailed.log"), _scalar_writer(tb_dir) as tb:
-        result = run_training(
-            cfg, resume=resume, progress=progress, validator=validator_for(cfg),
-            on_epoch=None if tb is None else lambda row: tb.write(int(row["epoch"]), row),
-        )  # fmt: skip
+    with distributed.session(cfg.train.dist_timeout_s, cfg.train.device) as ranks:
+        logs_dir = None  # under torchrun rank 0 alone logs, plots and reports
+        if ranks.is_main:
+            logs_dir = ensure_writable_dir(cfg.paths.logs_dir, "log folder (paths.logs_dir)")
+        tb_dir = tensorboard or (
+            logs_dir / "tensorboard" if logs_dir and cfg.train.tensorboard else None
+        )
+        with (
+            file_log(logs_dir / "training_detailed.log") if logs_dir else nullcontext(),
+            _scalar_writer(tb_dir) as tb,
+        ):
+            result = run_training(
+                cfg, resume=resume, progress=progress, validator=validator_for(cfg),
+                on_epoch=None if tb is None else lambda row: tb.write(int(row["epoch"]), row),
+            )  # fmt: skip
+    if not ranks.is_main:
+        raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:
         if result.snapshot is not None:
             typer.echo(

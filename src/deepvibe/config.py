@@ -109,6 +109,10 @@ class TrainConfig(_Section):
     max_grad_norm: float | None = Field(None, gt=0.0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: measured in docs/BENCHMARKS.md
+    # several processes (torchrun): how long a rank waits for the others before it stops with an
+    # error naming the one that died; must exceed rank 0's validation and checkpoint writes
+    dist_timeout_s: float = Field(300.0, gt=0.0)
+
     tensorboard: bool = False  # also write the epoch scalars to logs_dir/tensorboard
 
 

@@ -33,6 +33,7 @@ from deepvibe.model.device import autocast, resolve_device
 from deepvibe.model.loss import vae_loss
 from deepvibe.model.schedule import cyclical_beta, learning_rate
 from deepvibe.model.vae import HybridVAE, VAEArch
+from deepvibe.training import distributed
 from deepvibe.training.artists import fit_artist_cf
 from deepvibe.training.batches import TrainingRows
 from deepvibe.training.checkpoint import (
@@ -156,6 +157,8 @@ class _Run:
     best_state: dict[str, torch.Tensor] | None = None  # only with restore_best
     best_extras: dict[str, Any] = field(default_factory=dict)
     base_extras: dict[str, Any] = field(default_factory=dict)  # saved with every best epoch
+    ranks: distributed.Ranks = distributed.SINGLE  # this process's share of a torchrun job
+    net: torch.nn.Module | None = None  # what the loop calls: the model, or DDP around it
 
     def schedules(self, at: int) -> tuple[float, float]:
         """(beta, learning rate) at optimisation step ``at``."""
@@ -217,9 +220,11 @@ def train(
     that epoch, so the files on disk are the last good state.
     """
     t = cfg.train
-    device = resolve_device(t.device)
+    ranks = distributed.current()  # one process unless launched by torchrun (deepvibe train)
+    device = ranks.place(resolve_device(t.device))
+    progress = progress if ranks.is_main else False
     files = RunFiles(cfg)
-    if write_files:  # fail now, not after the first hour-long epoch
+    if write_files and ranks.is_main:  # fail now, not after the first hour-long epoch
         files.prepare()
     # A bad --resume file fails now, before a possibly long data load.
     ck = load_checkpoint(resume) if resume is not None else None
@@ -232,23 +237,24 @@ def train(
     model = HybridVAE(make_arch(cfg, len(ds.track_ids), ds.track_features.shape[1])).to(device)
     run = _Run(
         cfg, ds, files, write_files, device, rows, chosen, model, make_optimizer(model, t),
-        n_batches=math.ceil(rows.n_rows / t.batch_size), restore_best=restore_best,
+        n_batches=math.ceil(rows.n_rows / t.batch_size), restore_best=restore_best, ranks=ranks,
     )  # fmt: skip
     artist_cf = getattr(chosen, "artist_cf", None) or fit_artist_cf(ds)
     if artist_cf is not None:  # discovery's collaborative artist part, kept with the best model
         run.base_extras["artist_cf"] = artist_cf.to_state()
     if ck is not None:
         _resume(run, ck, Path(resume))  # type: ignore[arg-type]
+    run.net = ranks.wrap(model)  # after the resume: DDP starts from rank 0's weights
     log.info("training on %s (%s), validation by %s", device, t.precision, chosen.name)
 
     start_epoch, interrupted = run.epoch, False
     epoch = start_epoch
-    with _StopRequest() as stop:
+    with _StopRequest() as stop, ranks.guard(run.kept):  # a dead rank: one line naming it
         try:
             for epoch in range(start_epoch + 1, t.epochs + 1):
                 row, started = _run_epoch(run, epoch, stop, progress)
                 _check_weights(run, epoch)
-                if epoch % t.eval_every == 0 or epoch == t.epochs:
+                if ranks.is_main and (epoch % t.eval_every == 0 or epoch == t.epochs):
                     _validate(run, epoch, row)
                 row["seconds"] = time.perf_counter() - started
                 run.history.append(row)
@@ -257,7 +263,7 @@ def train(
                 run.epoch = epoch
                 log.debug("epoch %d: %s", epoch, row)
                 _write_epoch_files(run, epoch)
-                if stop.requested:
+                if _agree_after_epoch(run, epoch, stop.requested):
                     raise KeyboardInterrupt
                 if stop_after_epoch is not None and epoch >= stop_after_epoch:
                     break
@@ -314,16 +320,19 @@ def _run_epoch(
     np_rng, noise = _epoch_generators(run.cfg.seed, epoch)
     model.train()
     order = np_rng.permutation(run.rows.n_rows)
+    noise = run.ranks.epoch_noise(run.cfg.seed, epoch, noise)  # each rank its own, by seed
     sums = {"loss": 0.0, "reconstruction": 0.0, "audio": 0.0, "kl": 0.0}
     first_batch = 0
     if run.resume_state is not None:  # pick the epoch up where the Ctrl-C left it
         state, run.resume_state = run.resume_state, None
         first_batch = int(state["batch"])
         sums = {k: float(v) for k, v in state["sums"].items()}
-        noise.set_state(state["noise_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and run.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], run.device)
+        rng = run.ranks.own_rng(state)  # None: written by another number of processes
+        if rng is not None:
+            noise.set_state(rng["noise_rng"])
+            torch.set_rng_state(rng["torch_rng"])
+            if rng.get("cuda_rng") is not None and run.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda_rng"], run.device)
         started -= float(state["seconds"])
     beta, lr = run.schedules(run.step)  # defined even if a resumed epoch has no batch left
     bar = tqdm(
@@ -332,34 +341,36 @@ def _run_epoch(
         total=run.n_batches,
     )  # fmt: skip
     for b in bar:
-        idx = order[b * t.batch_size : (b + 1) * t.batch_size]
-        batch = run.rows.batch(idx, noise, t.input_dropout)
+        shard = run.ranks.shard(order[b * t.batch_size : (b + 1) * t.batch_size])
+        batch = run.rows.batch(shard.rows, noise, t.input_dropout)
         beta, lr = run.schedules(run.step)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
 
         with autocast(run.device, t.precision):
-            scores, recon, mu, logvar = model(batch.x, batch.profile)
+            scores, recon, mu, logvar = run.net(batch.x, batch.profile)
         parts = vae_loss(
             scores.float(), batch.target, recon.float(), batch.profile_target, mu.float(),
             logvar.float(), beta, t.likelihood, t.positive_weight, t.audio_weight,
         )  # fmt: skip
         values = torch.stack([parts.total, parts.reconstruction, parts.audio, parts.kl]).tolist()
+        values, size, agreed_stop = run.ranks.combine(values, shard, stop.requested)
         if not math.isfinite(values[0]):
             raise TrainingDiverged(
                 f"loss became {values[0]} at step {run.step + 1} (epoch {epoch}, batch {b + 1} "
                 f"of {run.n_batches}); {run.kept()}; lower train.lr or set train.max_grad_norm"
             )
         run.optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
+        (parts.total if shard.weight == 1.0 else parts.total * shard.weight).backward()
         if t.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
         run.optimizer.step()
         run.step += 1
         for key, value in zip(sums, values, strict=True):
-            sums[key] += value * batch.size
+            sums[key] += value * size
         bar.set_postfix(loss=f"{values[0]:.3g}", beta=f"{beta:.3f}")
-        if stop.requested and b + 1 < run.n_batches:
+        # several processes stop at the step they agreed on; one reads its flag as it is now
+        if (agreed_stop if run.ranks.distributed else stop.requested) and b + 1 < run.n_batches:
             _stop_inside_epoch(run, epoch, b + 1, sums, noise, started)
     bar.close()
     row: Row = {"epoch": epoch, "step": run.step}
@@ -373,16 +384,21 @@ def _stop_inside_epoch(
     started: float,
 ) -> None:  # fmt: skip
     """Ctrl-C at a step boundary: model and optimiser agree, so this state resumes exactly
-    (the epoch's batch order is recomputed from the seed)."""
-    if run.write_files:
+    (the epoch's batch order is recomputed from the seed). Rank 0 writes every rank's streams."""
+    streams = run.ranks.rng_states(noise, run.device)  # a collective: None in one process
+    if run.write_files and run.ranks.is_main:
         state = {
             "epoch": epoch, "batch": next_batch, "sums": dict(sums),
             "noise_rng": noise.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
             "seconds": time.perf_counter() - started,
         }  # fmt: skip
+        if streams is not None:
+            state.update(world=run.ranks.world, ranks=streams)
         run.save(run.files.last, epoch - 1, {}, state=state)
+    if run.write_files:
         run.snapshot = run.files.last
+    run.ranks.barrier()  # the other ranks wait until rank 0 has written the snapshot
     raise KeyboardInterrupt
 
 
@@ -422,11 +438,24 @@ def _write_epoch_files(run: _Run, epoch: int) -> None:
     snapshot, which resume ignores (it reads rows <= the snapshot)."""
     if not run.write_files:
         return
-    run.files.write_history(run.history)
-    run.save(run.files.last, epoch, {})
+    if run.ranks.is_main:  # the other ranks only note where rank 0 keeps the snapshot
+        run.files.write_history(run.history)
+        run.save(run.files.last, epoch, {})
     run.snapshot = run.files.last
-    if epoch % run.cfg.train.snapshot_every == 0:
+    if run.ranks.is_main and epoch % run.cfg.train.snapshot_every == 0:
         log.info("epoch %d: snapshot %s", epoch, run.files.keep_snapshot(epoch))
+
+
+def _agree_after_epoch(run: _Run, epoch: int, stop_requested: bool) -> bool:
+    """Whether to stop now. Under torchrun the ranks wait here for rank 0 (the only one that
+    validates and writes), take its log row and best epoch, and stop together if any rank was
+    asked to; in one process this is ``stop_requested``."""
+    run.ranks.record_weights(run.model, epoch)  # a debugging aid for tests; off by default
+    if not run.ranks.distributed:
+        return stop_requested
+    shared = (run.history[-1], run.best, run.best_epoch)
+    (run.history[-1], run.best, run.best_epoch), stop = run.ranks.from_main(shared, stop_requested)
+    return stop
 
 
 def _check_resumable(ck: Checkpoint, path: Path, arch: VAEArch, ds: Dataset, cfg: Config) -> None:
