@@ -446,8 +446,10 @@ def discover(
     from deepvibe.data.history import load_history
     from deepvibe.discovery.discoverer import Discoverer, write_discoveries
     from deepvibe.discovery.report import checkpoint_label, format_dna, format_top
+    from deepvibe.discovery.signals import TILE
     from deepvibe.discovery.users import align_users, load_training_users
     from deepvibe.model.device import resolve_device
+    from deepvibe.training import distributed
     from deepvibe.training.checkpoint import load_checkpoint
 
     if user_ids and all_users:
@@ -512,25 +514,57 @@ def discover(
         f"model {ck_path} (epoch {ck.epoch}); {scanned}; {mode}{gem_note}; T {s.temperature}"
     )
     verbose_out = len(batch.users) <= 10
-    n_rows = 0
-    written = write_discoveries(found, batch, mode, tag, cfg.paths.recommendations_dir, out)
-    for block, paths in written:
-        n_rows += len(block.table)
-        for u in range(len(block)):
-            if verbose_out:
-                res = block.discovery(u)
-                typer.echo("")
-                typer.echo(format_dna(res, ck.scaler.columns, where))
-                typer.echo(f"Top 10 of {len(res.table)} for {res.user}:")
-                typer.echo(format_top(res, 10))
-            if paths:
-                report, dna = paths[u]
-                typer.echo(f"report: {report}  (DNA: {dna.name})")
-                if html:
-                    page = _html_report(block.discovery(u), report, ck, where, scanned)
-                    typer.echo(f"html: {page}")
-    if out is not None:
-        typer.echo(f"recommendations: {out} ({len(batch.users):,} users, {n_rows:,} rows)")
+    n_users, n_rows = len(batch.users), 0
+    # Under torchrun each rank discovers its contiguous block of users (same report files as
+    # one process); a combined --out table is written by rank 0 from the ranks' parts.
+    with distributed.session(cfg.train.dist_timeout_s, "cpu", wait_s=7 * 24 * 3600) as ranks:
+        # whole 64-user tiles per rank: a user sits at the same place in the same-shaped model
+        # and scoring tiles as in one process, so their scores match to the last bit
+        tiles = distributed.shard_users(range(-(-n_users // TILE)), ranks.rank, ranks.world)
+        batch = batch.select(slice(tiles.start * TILE, min(tiles.stop * TILE, n_users)))
+        part = None if out is None else (out if ranks.world == 1 else _part(out, ranks.rank))
+        written = write_discoveries(found, batch, mode, tag, cfg.paths.recommendations_dir, part)
+        for block, paths in written:
+            n_rows += len(block.table)
+            for u in range(len(block)):
+                if verbose_out and ranks.is_main:
+                    res = block.discovery(u)
+                    typer.echo("")
+                    typer.echo(format_dna(res, ck.scaler.columns, where))
+                    typer.echo(f"Top 10 of {len(res.table)} for {res.user}:")
+                    typer.echo(format_top(res, 10))
+                if paths:
+                    report, dna = paths[u]
+                    if ranks.is_main:
+                        typer.echo(f"report: {report}  (DNA: {dna.name})")
+                    if html:
+                        page = _html_report(block.discovery(u), report, ck, where, scanned)
+                        if ranks.is_main:
+                            typer.echo(f"html: {page}")
+        n_rows = sum(ranks.gather(n_rows))
+        if out is not None and ranks.world > 1:
+            ranks.barrier()
+            if ranks.is_main:
+                _combine_parts(out, [_part(out, r) for r in range(ranks.world)])
+    if out is not None and ranks.is_main:
+        typer.echo(f"recommendations: {out} ({n_users:,} users, {n_rows:,} rows)")
+
+
+def _part(out: Path, rank: int) -> Path:
+    return out.with_name(f".{out.stem}.part{rank}{out.suffix}")
+
+
+def _combine_parts(out: Path, parts: list[Path]) -> None:
+    """The ranks' Parquet parts, in rank order, as one table written atomically."""
+    import pandas as pd
+
+    from deepvibe.fileio import atomic_path
+
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    with atomic_path(out) as tmp:
+        frame.to_parquet(tmp, index=False)
+    for p in parts:
+        p.unlink(missing_ok=True)
 
 
 def _html_report(res: Any, report: Path, ck: Any, where: str, scanned: str) -> Path:

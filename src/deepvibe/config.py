@@ -139,8 +139,9 @@ class DiscoverConfig(_Section):
     source: Literal["auto", "db", "catalogue", "dna"] = "auto"
     weights: WeightsConfig = WeightsConfig()
     # The hybrid's Vibe DNA = (1 - a) * the decoder's temperature-weighted DNA + a * the mean
-    # standardised features of the user's own history (a = dna_anchor); see BENCHMARKS.
-    dna_anchor: float = Field(0.0, ge=0.0, le=1.0)
+    # standardised features of the user's own history (a = dna_anchor). 0.5: chosen on
+    # spotify-2024 validation users (docs/BENCHMARKS.md, "Vibe DNA anchor").
+    dna_anchor: float = Field(0.5, ge=0.0, le=1.0)
     chunk_size: int = Field(262_144, gt=0)
     user_block: int = Field(1024, gt=0)
 

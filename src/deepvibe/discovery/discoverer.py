@@ -47,7 +47,7 @@ from deepvibe.discovery.report import (
     finish_table,
 )
 from deepvibe.discovery.scan import DnaScorer, check_database, scan, score_rows
-from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
+from deepvibe.discovery.signals import TILE, HybridScorer, TrackSpace, UserInputs, rank_space
 from deepvibe.discovery.users import HistoryNames, UserBatch
 from deepvibe.errors import DataError
 from deepvibe.model.artist_cf import ArtistCF
@@ -96,6 +96,7 @@ class Discoverer:
         self._catalogue_index = pd.Index(self.track_ids)
         # The hybrid score over the database (source db); None: the Vibe DNA alone ranks it.
         self.hybrid: HybridScorer | None = None
+        self.new_artist_weights: HybridWeights | None = None  # fitted for --new-artists
 
     @classmethod
     def from_checkpoint(
@@ -147,6 +148,7 @@ class Discoverer:
         )  # fmt: skip
         if hybrid and database is not None:
             found.hybrid = hybrid_scorer(ck, cfg, database)
+            found.new_artist_weights = _weights(ck, cfg, "discovery_weights_new_artists")
         return found
 
     # -- pieces
@@ -284,7 +286,9 @@ class Discoverer:
     def _block_size(self, n: int, batch: UserBatch) -> int:
         """Users per block: the configured size, fewer when the top-k buffers would be big."""
         k = n + int(np.diff(batch.history_matrix.indptr).max(initial=0))
-        return max(1, min(self.settings.user_block, _BUFFER_CELLS // (2 * k + 1024)))
+        size = max(1, min(self.settings.user_block, _BUFFER_CELLS // (2 * k + 1024)))
+        # whole hybrid tiles, so a user's place in its tile does not depend on the blocks
+        return size - size % TILE if self.hybrid is not None and size > TILE else size
 
     # -- one block
 
@@ -346,7 +350,8 @@ class Discoverer:
         penalty = None
         if mode.startswith("gems"):
             penalty = gems_penalty(space.popularity, s.gems_lambda, s.popularity_ceiling)
-        rows, scores = rank_space(scorer, inputs, n, excluded, penalty, s.chunk_size)
+        weights = self.new_artist_weights if "new-artists" in mode else None
+        rows, scores = rank_space(scorer, inputs, n, excluded, penalty, s.chunk_size, weights)
         found = np.isfinite(scores) & inputs.usable[:, None]
         users, slot = np.nonzero(found)
         picked = rows[users, slot]
@@ -441,9 +446,7 @@ def hybrid_scorer(ck: Checkpoint, cfg: Config, database: TrackDatabase) -> Hybri
     )
     space = TrackSpace.from_table(table, ck.scaler, ck.track_ids)
     extras = ck.extras or {}
-    fitted = extras.get("discovery_weights")
-    base = DEFAULT_WEIGHTS if not fitted else HybridWeights.from_dict(fitted)
-    weights = HybridWeights.from_dict(cfg.discover.weights.given(), base=base)
+    weights = _weights(ck, cfg, "discovery_weights")
     cf_state = extras.get("artist_cf")
     artist_cf = ArtistCF.from_state(cf_state) if cf_state else None
     log.info("hybrid discovery: %s%s", weights, "" if artist_cf else " (no artist model)")
@@ -458,6 +461,14 @@ def hybrid_scorer(ck: Checkpoint, cfg: Config, database: TrackDatabase) -> Hybri
         artist_cf,
         d.dna_anchor,
     )
+
+
+def _weights(ck: Checkpoint, cfg: Config, key: str) -> HybridWeights:
+    """The weights fitted at the best epoch under ``key`` (else the defaults), with the parts
+    ``discover.weights`` sets in the config taking precedence."""
+    fitted = (ck.extras or {}).get(key) or (ck.extras or {}).get("discovery_weights")
+    base = DEFAULT_WEIGHTS if not fitted else HybridWeights.from_dict(fitted)
+    return HybridWeights.from_dict(cfg.discover.weights.given(), base=base)
 
 
 def gems_penalty(popularity: np.ndarray, lam: float, ceiling: float | None) -> np.ndarray:

@@ -124,22 +124,36 @@ class DatabaseValidator:
             extras["artist_cf"] = self.artist_cf.to_state()
         if self._last is None or not self.enough:
             return extras
-        weights, report = self.fit_weights(*self._last)
-        extras["discovery_weights"] = weights.to_dict()
-        extras["discovery_fit"] = {
-            k: v for k, v in report.items() if isinstance(v, (int, float, str))
-        }
-        log.info("discovery weights (%s: %s): %s", report["used"], report["reason"], weights)
+        foldin = sp.csr_matrix(self.split.foldin)
+        by_their_artists = self.space.same_artist_tracks(foldin)  # (U, n_db) new-artist mode
+        held_new = self.split.heldout.multiply(by_their_artists == 0).tocsr()
+        held_new.eliminate_zeros()
+        for key, excluded, heldout in (
+            ("discovery_weights", foldin, self.split.heldout),
+            ("discovery_weights_new_artists", (foldin + by_their_artists).tocsr(), held_new),
+        ):
+            weights, report = self.fit_weights(*self._last, excluded, heldout)
+            extras[key] = weights.to_dict()
+            extras[key.replace("weights", "fit")] = {
+                k: v for k, v in report.items() if isinstance(v, (int, float, str))
+            }
+            log.info("%s (%s: %s): %s", key, report["used"], report["reason"], weights)
         return extras
 
-    def fit_weights(self, scorer: HybridScorer, inputs: UserInputs) -> tuple[HybridWeights, dict]:
-        """Coordinate ascent on the validation users' candidate pools (hybrid.fit_weights)."""
+    def fit_weights(
+        self,
+        scorer: HybridScorer,
+        inputs: UserInputs,
+        excluded: sp.csr_matrix,
+        heldout: sp.csr_matrix,
+    ) -> tuple[HybridWeights, dict]:
+        """Coordinate ascent on the validation users' candidate pools (hybrid.fit_weights):
+        ``excluded`` (U, n_db) never candidates, ``heldout`` (U, n_db) the targets."""
         pool = CandidatePool(self.n_users)
-        foldin = sp.csr_matrix(self.split.foldin)
         for start in range(0, len(self.space), CHUNK):
             rows = slice(start, min(start + CHUNK, len(self.space)))
-            pool.add(scorer.parts(inputs, rows), start, foldin[:, rows])
-        parts, marks, n_heldout = pool.labelled(self.split.heldout)
+            pool.add(scorer.parts(inputs, rows), start, excluded[:, rows])
+        parts, marks, n_heldout = pool.labelled(heldout)
         return fit_weights(parts, marks, n_heldout, default=self.weights)
 
 

@@ -271,6 +271,11 @@ def train_deepvibe(
         "best_validation_ndcg@100": result.best_metric,
         "weights": weights.to_dict(),
         "weights_from": source,
+        "weights_new_artists": (
+            None
+            if cfg.discover.weights.given()
+            else result.best_extras.get("discovery_weights_new_artists")
+        ),
         "train_users": int(len(ds.user_groups["train"])),
         "validation_users": int(len(ds.user_groups["validation"])),
         "catalogue_tracks": int(len(ds.track_ids)),
@@ -390,9 +395,14 @@ def run_split(
     }
     deepvibe = None
     fns_deepvibe: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    fns_new: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     if settings.deepvibe:
         deepvibe, weights, block["deepvibe"] = train_deepvibe(cfg, data, foldin, settings)
         fns_deepvibe = {name: deepvibe.fn(w) for name, w in part_weights(weights).items()}
+        new_w = block["deepvibe"].get("weights_new_artists")
+        fns_new = fns_deepvibe
+        if new_w:  # new-artist protocols rank with the weights fitted for that mode
+            fns_new = {n: deepvibe.fn(w) for n, w in part_weights(HybridWeights(**new_w)).items()}
     views: dict[str, tuple[sp.csr_matrix, sp.csr_matrix | None]] = {
         "database": (split.heldout, None)
     }
@@ -400,7 +410,8 @@ def run_split(
         units = data.credits if unit == "credit" else data.artists
         views[f"new-artist-{unit}"] = new_artist_view(foldin, split.heldout, units, unit=unit)
     for protocol, (heldout, exclusion) in views.items():
-        fns = {**fns_deepvibe, **_baselines(data, foldin, protocol, exclusion)}
+        mine = fns_deepvibe if protocol == "database" else fns_new
+        fns = {**mine, **_baselines(data, foldin, protocol, exclusion)}
         results = {}
         for name, fn in fns.items():
             res = evaluate_database(
