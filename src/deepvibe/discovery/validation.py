@@ -126,7 +126,8 @@ class DatabaseValidator:
             return extras
         foldin = sp.csr_matrix(self.split.foldin)
         by_their_artists = self.space.same_artist_tracks(foldin)  # (U, n_db) new-artist mode
-        held_new = self.split.heldout.multiply(by_their_artists == 0).tocsr()
+        heldout = sp.csr_matrix(self.split.heldout)
+        held_new = (heldout - heldout.multiply(by_their_artists > 0)).tocsr()
         held_new.eliminate_zeros()
         for key, excluded, heldout in (
             ("discovery_weights", foldin, self.split.heldout),
