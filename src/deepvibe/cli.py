@@ -640,6 +640,9 @@ def evaluate(
         int | None,
         typer.Option("--split-seed", help="Discovery protocol: run this one split seed."),
     ] = None,
+    plots: Annotated[
+        bool, typer.Option("--plots/--no-plots", help="Chart the --json report as a PNG beside it.")
+    ] = True,
 ) -> None:
     """Offline evaluation of deepvibe and baselines (mean ±std over seeds): the catalogue
     protocol (strong generalization) or the discovery protocols (the track database)."""
@@ -690,6 +693,10 @@ def evaluate(
         typer.echo(format_report(report))
     if json_out is not None:
         typer.echo(f"\nreport: {write_evaluation_json(report, json_out)}")
+        if plots:
+            from deepvibe.plots import plot_evaluation
+
+            typer.echo(f"chart: {plot_evaluation(report, json_out.with_suffix('.png'))}")
 
 
 def _evaluation_protocol(

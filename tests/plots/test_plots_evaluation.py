@@ -226,3 +226,26 @@ def test_missing_report_file(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_mode_from_name(name: str, mode: str) -> None:
     assert mode_of(name) == mode
+
+
+def test_discovery_protocol_report_charts_its_database_section() -> None:
+    """`evaluate --protocol discovery` reports sections per protocol (no 'test'): the bars come
+    from the database-ranking section."""
+
+    def stat(mean: float) -> dict[str, float]:
+        return {"mean": mean, "std": 0.01, "n": 3}
+
+    report = {
+        "summary": {
+            "database": {
+                "deepvibe": {"ndcg@100": stat(0.44), "recall@50": stat(0.48)},
+                "content": {"ndcg@100": stat(0.14), "recall@50": stat(0.21)},
+            },
+            "new-artist-artist": {"deepvibe": {"ndcg@100": stat(0.09)}},
+        }
+    }
+    fig = evaluation_figure(report)
+    drawn = bar_widths(fig.axes[0], "ndcg@100")
+    assert list(drawn) == ["deepvibe", "content"]
+    assert drawn["deepvibe"][0] == pytest.approx(0.44)
+    assert "database ranking" in fig.axes[0].get_title()

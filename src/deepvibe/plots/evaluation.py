@@ -50,7 +50,8 @@ def plot_evaluation(
 
 def evaluation_figure(report: Mapping[str, Any]) -> Figure:
     """The four-panel figure for a loaded report (not yet drawn or saved)."""
-    section = "test" if report.get("summary", {}).get("test") else "validation"
+    summary = report.get("summary", {})
+    section = next((s for s in ("test", "database") if summary.get(s)), "validation")
     methods = method_stats(report, section)
     ranked = sorted(
         (m for m in methods if m.get(ACCURACY[0]) is not None),
@@ -61,7 +62,9 @@ def evaluation_figure(report: Mapping[str, Any]) -> Figure:
     bar_height = max(3.5, 1.2 + 0.32 * len(shown))  # inches; 0.32 in per method keeps names apart
     fig = new_figure(15, bar_height + 5.5)
     axes = fig.subplots(2, 2, height_ratios=[bar_height, 5.5])
-    group = reported_group(report) if section == "test" else "validation"
+    group = {"test": reported_group(report), "database": "database ranking"}.get(
+        section, "validation"
+    )
     for ax, (metric, label) in zip(axes[0], (ACCURACY, RECALL), strict=True):
         _bars(ax, shown, metric, label, group)
     axes[0][1].tick_params(labelleft=False)  # same method order as the left panel

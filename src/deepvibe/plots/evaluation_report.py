@@ -72,9 +72,10 @@ def load_report(report: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str,
         raise DataError(
             f"{source}: the {WHAT} has no 'summary' section; write it with deepvibe evaluate --json"
         )
-    if not any(isinstance(summary.get(s), dict) and summary[s] for s in ("test", "validation")):
+    if not any(isinstance(summary.get(s), dict) and summary[s] for s in SECTIONS):
         raise DataError(
-            f"{source}: the {WHAT} summary has no 'test' or 'validation' numbers to plot"
+            f"{source}: the {WHAT} summary has no 'test', 'validation' or 'database' numbers "
+            "to plot"
         )
     return data
 
@@ -119,8 +120,15 @@ def mode_of(name: str) -> str:
     return "standard" if lowered.startswith("deepvibe") else "baseline"
 
 
+SECTIONS = ("test", "validation", "database")  # catalogue protocol, --checkpoint, discovery
+
+
 def reported_group(report: Mapping[str, Any]) -> str:
-    """``test``, or ``validation`` for an ``evaluate --checkpoint`` report."""
+    """``test``, ``validation`` for an ``evaluate --checkpoint`` report, or ``database`` for
+    the discovery protocols."""
+    summary = report.get("summary") or {}
+    if "test" not in summary and isinstance(summary.get("database"), dict):
+        return "database"
     try:
         return str(report["runs"][0]["split"]["reported_on"])
     except (KeyError, IndexError, TypeError):
