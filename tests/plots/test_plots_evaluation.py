@@ -200,7 +200,7 @@ def test_many_methods_show_the_best_30_and_every_deepvibe_mode() -> None:
         ("{not json", "not valid JSON"),
         ('{"format": "something-else", "summary": {}}', "format is 'something-else'"),
         ('{"runs": []}', "no 'summary' section"),
-        ('{"summary": {"info": {}}}', "no 'test' or 'validation' numbers"),
+        ('{"summary": {"info": {}}}', "no 'test', 'validation' or 'database' numbers"),
         ("[1, 2]", "not a JSON object"),
     ],
 )
