@@ -4,8 +4,10 @@ The validation users' tracks that the database holds with features are split 80/
 the seed); after an epoch the fold-in part is scored through the hybrid (the same
 :class:`~deepvibe.discovery.signals.HybridScorer` discover uses), every database track is
 ranked with the fold-in masked, and NDCG@100 / Recall@20 / Recall@50 are measured against the
-held-out part — which, on playlist data, is mostly outside the catalogue. At the best epoch the
-discovery weights are fitted on the same users (``checkpoint_extras``).
+held-out part — which, on playlist data, is mostly outside the catalogue. Each epoch is scored
+with the weights discover would use: fitted on these users for that epoch (so the number is
+in-sample for the weights, a few hundredths optimistic; it selects epochs, it is not a test
+figure). The best epoch keeps them, plus a set fitted for ``--new-artists``.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class DatabaseValidator:
         self.device = device
         self.enough = enough_users(self.n_users, len(users), "database tracks with features")
         # the last scored epoch's scorer and user inputs: the weights are fitted on them
-        self._last: tuple[HybridScorer, UserInputs] | None = None
+        self._last: tuple[HybridScorer, UserInputs, HybridWeights, dict | None] | None = None
         log.info(
             "validation: database ranking, %d of %d validation users scored (>= 5 tracks with "
             "features in %s; 80/20 fold-in, %d database tracks ranked)",
@@ -108,8 +110,14 @@ class DatabaseValidator:
             return {}
         scorer = self._scorer(model)
         inputs = scorer.user_inputs(self.split.foldin, self.foldin_catalogue)
-        self._last = (scorer, inputs)
-        ranked, _ = rank_space(scorer, inputs, 100, self.split.foldin, chunk=CHUNK)
+        foldin = sp.csr_matrix(self.split.foldin)
+        # Each epoch is judged with the weights discover would use for it: fitted on these
+        # users (or the configured ones, when discover.weights sets every part).
+        weights, report = self.weights, None
+        if len(self.cfg.discover.weights.given()) < 4:
+            weights, report = self.fit_weights(scorer, inputs, foldin, self.split.heldout)
+        self._last = (scorer, inputs, weights, report)
+        ranked, _ = rank_space(scorer, inputs, 100, foldin, chunk=CHUNK, weights=weights)
         held = self.split.heldout
         return {
             "ndcg@100": float(ndcg_at_k(ranked, held, 100).mean()),
@@ -124,17 +132,20 @@ class DatabaseValidator:
             extras["artist_cf"] = self.artist_cf.to_state()
         if self._last is None or not self.enough:
             return extras
+        scorer, inputs, weights, report = self._last
         foldin = sp.csr_matrix(self.split.foldin)
         by_their_artists = self.space.same_artist_tracks(foldin)  # (U, n_db) new-artist mode
         heldout = sp.csr_matrix(self.split.heldout)
         held_new = (heldout - heldout.multiply(by_their_artists > 0)).tocsr()
         held_new.eliminate_zeros()
-        for key, excluded, heldout in (
-            ("discovery_weights", foldin, self.split.heldout),
-            ("discovery_weights_new_artists", (foldin + by_their_artists).tocsr(), held_new),
-        ):
-            weights, report = self.fit_weights(*self._last, excluded, heldout)
+        excluded = (foldin + by_their_artists).tocsr()
+        fits = [("discovery_weights", weights, report)]
+        fits.append(("discovery_weights_new_artists", *self.fit_weights(
+            scorer, inputs, excluded, held_new)))  # fmt: skip
+        for key, weights, report in fits:
             extras[key] = weights.to_dict()
+            if report is None:
+                continue
             extras[key.replace("weights", "fit")] = {
                 k: v for k, v in report.items() if isinstance(v, (int, float, str))
             }
