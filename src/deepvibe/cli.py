@@ -491,8 +491,9 @@ def discover(
     batch = align_users(inter, ck.track_ids, wanted, origin, space_ids)
     if history is not None and batch.unknown.sum():
         log.warning(
-            "%s: %d played tracks are not in the model's catalogue (%d tracks); they cannot "
-            "inform the model but are never recommended back",
+            "%s: %d played tracks are not in the model's catalogue (%d tracks); where the "
+            "database holds them they count through their artists and sound, and none is "
+            "recommended back",
             history, int(batch.unknown.sum()), len(ck.track_ids),
         )  # fmt: skip
 
