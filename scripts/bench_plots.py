@@ -5,7 +5,7 @@ Times, in one process after matplotlib is imported (the import is timed on its o
 1. ``plot_training_curves`` on a 100-epoch training log (validation every epoch).
 2. ``plot_evaluation`` on a report with 1,000 method rows over 3 seeds (the bars show the best
    30; every method is in the scatter), and on one with 1,000 seeds of 6 methods.
-3. ``plot_dna`` with 12 features and ``write_html_report`` with a 200-row table.
+3. ``plot_dna`` with 12 features and ``write_html_report`` with a 1,000-row table (a default discover report).
 
 Each is run ``--repeat`` times; the first call and the median of the rest are printed.
 
@@ -112,10 +112,10 @@ def main() -> int:
         long = report(6, 1000, rng)
         features = [f"feature_{i}" for i in range(12)]
         table = pd.DataFrame({
-            "rank": np.arange(1, 201), "track_id": ["3aJ2xuBiDLZnPFSOTz0q6i"] * 200,
-            "track_name": ["<b>name</b>"] * 200, "artists": ["artist"] * 200,
-            "popularity": rng.uniform(0, 100, 200), "similarity": rng.uniform(0, 1, 200),
-            "score": rng.uniform(0, 1, 200), "why": ["close on energy, tempo"] * 200,
+            "rank": np.arange(1, 1001), "track_id": ["3aJ2xuBiDLZnPFSOTz0q6i"] * 1000,
+            "track_name": ["<b>name</b>"] * 1000, "artists": ["artist"] * 1000,
+            "popularity": rng.uniform(0, 100, 1000), "similarity": rng.uniform(0, 1, 1000),
+            "score": rng.uniform(0, 1, 1000), "why": ["close on energy, tempo"] * 1000,
         })  # fmt: skip
         dna_png = out / "dna.png"
         cases: list[tuple[str, Callable[[], object], bool]] = [
@@ -128,7 +128,7 @@ def main() -> int:
             ("Vibe DNA, 12 features",
              lambda: plot_dna(features, rng.normal(size=12), rng.uniform(0, 100, 12), dna_png),
              False),
-            ("HTML report, 200 rows + DNA png",
+            ("HTML report, 1,000 rows + DNA png",
              lambda: write_html_report(out / "r.html", user="u", mode="standard", table=table,
                                        dna_png=dna_png.read_bytes()), False),
         ]  # fmt: skip
