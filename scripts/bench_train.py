@@ -368,31 +368,39 @@ def bench_speed(name: str, tmp: Path, args: argparse.Namespace) -> dict:
 def memory_child(cfg_path: str) -> None:
     """One training epoch (with validation and the run's files) in this fresh process."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    root = Path(cfg_path).parent
-    sets = SIZES + ["train.epochs=1", "train.device=cpu", f"paths.models_dir={root / 'models'}",
-                    f"paths.logs_dir={root / 'logs'}"]  # fmt: skip
+    root = Path(cfg_path).parent / f"run-{os.getpid()}"
+    sets = [*SIZES, "train.epochs=1", f"paths.models_dir={root / 'models'}",
+            f"paths.logs_dir={root / 'logs'}"]  # fmt: skip
+    if "device" in Config.model_fields["train"].annotation.model_fields:  # not at d94dc13
+        sets.append("train.device=cpu")
     cfg = load_config(cfg_path, sets)
     started = time.perf_counter()
     ds = build_dataset(cfg)
     after_load, loaded = peak_mb(), time.perf_counter() - started
     result = train(cfg, dataset=ds, progress=False)
     print(json.dumps({
-        "rows": int(ds.rows_of("train").sum()), "nnz": int(ds.interactions.matrix.nnz),
+        "train_users": len(ds.user_groups["train"]), "nnz": int(ds.interactions.matrix.nnz),
         "tracks": len(ds.track_ids), "load_seconds": loaded, "peak_mb_after_load": after_load,
         "epoch_seconds": result.history[-1]["seconds"], "peak_mb": peak_mb(),
         "wall_seconds": time.perf_counter() - started,
     }))  # fmt: skip
 
 
-def bench_memory(tmp: Path, users: int) -> dict:
+def bench_memory(tmp: Path, users: int, rev: str | None) -> dict:
+    """Peak RSS of one epoch in a fresh process: this package, and the one at ``rev``."""
     cfg = write_synthetic(tmp / f"mem{users}", users, 10_000, 50, seed=1)
-    env = {**os.environ, "BENCH_THREADS": str(torch.get_num_threads())}
-    done = subprocess.run(
-        [sys.executable, __file__, "--memory-child", str(cfg)], env=env, check=True,
-        capture_output=True, text=True,
-    )  # fmt: skip
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"\n== memory: {users:,} users x 10,000 tracks: {json.dumps(out)}", flush=True)
+    out = {}
+    for label, src in [("this package", None)] + ([(rev, git_source(rev, tmp))] if rev else []):
+        env = {**os.environ, "BENCH_THREADS": str(torch.get_num_threads())}
+        if src is not None:
+            env.pop("THP_MEM_ALLOC_ENABLE", None)
+            env["PYTHONPATH"] = str(src / "src")
+        done = subprocess.run(
+            [sys.executable, __file__, "--memory-child", str(cfg)], env=env, check=True,
+            capture_output=True, text=True,
+        )  # fmt: skip
+        out[label] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"\n== memory, {label}: {users:,} users x 10,000 tracks: {json.dumps(out[label])}")
     return out
 
 
@@ -427,7 +435,7 @@ def main() -> None:
         tmp = args.tmp or Path(default_tmp)
         for name in args.scenarios:
             if name == "memory":
-                results[name] = bench_memory(tmp, args.memory_users)
+                results[name] = bench_memory(tmp, args.memory_users, args.git_baseline)
             else:
                 results[name] = bench_speed(name, tmp, args)
     if args.json:
