@@ -5,7 +5,8 @@ Times, in one process after matplotlib is imported (the import is timed on its o
 1. ``plot_training_curves`` on a 100-epoch training log (validation every epoch).
 2. ``plot_evaluation`` on a report with 1,000 method rows over 3 seeds (the bars show the best
    30; every method is in the scatter), and on one with 1,000 seeds of 6 methods.
-3. ``plot_dna`` with 12 features and ``write_html_report`` with a 1,000-row table (a default discover report).
+3. ``plot_dna`` with 12 features and ``write_html_report`` with a 1,000-row table (a
+   default discover report).
 
 Each is run ``--repeat`` times; the first call and the median of the rest are printed.
 
