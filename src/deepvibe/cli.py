@@ -388,7 +388,7 @@ def discover(
     n_rows = 0
     written = write_discoveries(found, batch, mode, tag, cfg.paths.recommendations_dir, out)
     for block, paths in written:
-        n_rows += len(block.table)
+        n_rows += len(block.row_track)
         for u in range(len(block)):
             if verbose_out:
                 res = block.discovery(u)

@@ -75,28 +75,36 @@ class AtomicBatch:
 
     def __init__(self) -> None:
         self._pending: list[tuple[Path, Path]] = []
+        self._folders: set[Path] = set()  # made already: one mkdir per folder
 
-    def path(self, target: str | os.PathLike[str]) -> Path:
-        """A temporary path to write ``target``'s new content to."""
+    def _temporary(self, target: str | os.PathLike[str]) -> tuple[int, Path]:
         final = Path(target)
-        if final.is_dir():
-            raise DeepVibeError(f"{final}: is a folder; give a file name to write to")
-        _make_folder(final.parent, "output folder")
+        if final.parent not in self._folders:
+            if final.is_dir():
+                raise DeepVibeError(f"{final}: is a folder; give a file name to write to")
+            _make_folder(final.parent, "output folder")
+            self._folders.add(final.parent)
         try:
             fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
         except OSError as exc:
             raise DeepVibeError(
                 f"{final.parent}: cannot write here ({exc.strerror}); choose a writable location"
             ) from exc
-        os.close(fd)
-        os.chmod(name, 0o666 & ~_umask())
+        os.chmod(name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         self._pending.append((Path(name), final))
-        return Path(name)
+        return fd, Path(name)
+
+    def path(self, target: str | os.PathLike[str]) -> Path:
+        """A temporary path to write ``target``'s new content to."""
+        fd, tmp = self._temporary(target)
+        os.close(fd)
+        return tmp
 
     @contextlib.contextmanager
     def open(self, target: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         """``target``'s temporary file, opened for binary writing."""
-        with open(self.path(target), "wb") as fh:
+        fd, _ = self._temporary(target)
+        with os.fdopen(fd, "wb") as fh:
             yield fh
 
     def commit(self) -> None:

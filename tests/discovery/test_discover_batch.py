@@ -179,13 +179,13 @@ def test_report_writer_leaves_no_half_block(model, tmp_path, monkeypatch) -> Non
     calls = [0]
     write = rep._write_csv
 
-    def dies_on_the_fifth_file(*args):  # noqa: ANN002, ANN202
+    def dies_on_the_third_report(*args):  # noqa: ANN002, ANN202
         calls[0] += 1
-        if calls[0] == 5:
+        if calls[0] == 3:
             raise OSError("disk full")
         return write(*args)
 
-    monkeypatch.setattr(rep, "_write_csv", dies_on_the_fifth_file)
+    monkeypatch.setattr(rep, "_write_csv", dies_on_the_third_report)
     with pytest.raises(OSError, match="disk full"):
         rep.ReportWriter(tmp_path, "best", tuple(finder.scaler.columns)).write_block(block)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no report, no temporary file
