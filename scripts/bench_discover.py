@@ -148,11 +148,16 @@ def bench_speed(csv: Path, chunk: int, repeat: int) -> dict[str, float]:
 # ----------------------------------------------------------------------------- 2, 3. commands
 
 
+CPU_SECONDS: list[float] = []  # CPU time (user + system) of each run_cli command, in order
+
+
 def run_cli(cwd: Path, args: list[str], src: Path | None = None) -> float:
-    """Seconds for one ``deepvibe`` command in a new process (``src``: another package)."""
+    """Seconds for one ``deepvibe`` command in a new process (``src``: another package); its
+    CPU seconds go to ``CPU_SECONDS``."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if src is not None:
         env["PYTHONPATH"] = str(src)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     res = subprocess.run(
         [sys.executable, "-m", "deepvibe.cli", *args], cwd=cwd, env=env, capture_output=True,
@@ -160,6 +165,8 @@ def run_cli(cwd: Path, args: list[str], src: Path | None = None) -> float:
     )  # fmt: skip
     if res.returncode:
         raise RuntimeError(f"deepvibe {' '.join(args)} failed:\n{res.stderr[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     return time.perf_counter() - t0
 
 
@@ -194,12 +201,23 @@ def old_package(tmp: Path, rev: str) -> Path | None:
     return out / "src"
 
 
-def users_per_second(cwd: Path, n_users: int, src: Path | None, repeat: int) -> dict[str, float]:
-    one = float(np.median([run_cli(cwd, ["discover", "user_1", "--no-progress"], src)
-                           for _ in range(repeat)]))  # fmt: skip
-    many = float(np.median([run_cli(cwd, ["discover", "--all", "--no-progress"], src)
-                            for _ in range(max(1, repeat // 2))]))  # fmt: skip
-    return {"one_user_s": one, "all_users_s": many, "users_per_s": (n_users - 1) / (many - one)}
+def users_per_second(
+    cwd: Path, n_users: int, src: Path | None, repeat: int, extra: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """(N - 1) / (time for N users - time for 1 user), in wall-clock and in CPU seconds."""
+    ones, alls = [], []
+    for _ in range(repeat):
+        ones.append((run_cli(cwd, ["discover", "user_1", "--no-progress", *extra], src),
+                     CPU_SECONDS[-1]))  # fmt: skip
+        alls.append((run_cli(cwd, ["discover", "--all", "--no-progress", *extra], src),
+                     CPU_SECONDS[-1]))  # fmt: skip
+    one, one_cpu = np.median(ones, axis=0)
+    many, many_cpu = np.median(alls, axis=0)
+    return {
+        "one_user_s": float(one), "all_users_s": float(many),
+        "users_per_s": (n_users - 1) / float(many - one),
+        "users_per_cpu_s": (n_users - 1) / float(many_cpu - one_cpu),
+    }  # fmt: skip
 
 
 def same_reports(batch_dir: Path, alone_dir: Path) -> tuple[int, int]:
@@ -216,6 +234,9 @@ def bench_batch(root: Path, n_users: int, rev: str, repeat: int, check: int) -> 
     run_cli(root, ["discover", "user_1", "--no-progress"])  # build the cache
     out["new"] = users_per_second(root, n_users, None, repeat)
     print("batch, this package:", out["new"], flush=True)
+    long_table = ("--out", "recs.parquet")
+    out["new_long_table"] = users_per_second(root, n_users, None, repeat, long_table)
+    print("batch, this package, --out parquet:", out["new_long_table"], flush=True)
     alone = root / "alone"
     for u in range(1, n_users + 1, max(1, n_users // check)):
         run_cli(root, ["discover", f"user_{u}", "--no-progress",
@@ -231,8 +252,10 @@ def bench_batch(root: Path, n_users: int, rev: str, repeat: int, check: int) -> 
             (old / "data" / p.name).symlink_to(p)
         run_cli(old, ["train", *TINY_MODEL], src)  # its own model: configs differ by a key
         run_cli(old, ["discover", "user_1", "--no-progress"], src)  # build its cache
-        out["baseline"] = {"rev": rev, **users_per_second(old, n_users, src, repeat)}
-        out["speedup"] = out["new"]["users_per_s"] / out["baseline"]["users_per_s"]  # type: ignore[index]
+        out["baseline"] = {"rev": rev, **users_per_second(old, n_users, src, 1)}
+        new, base = out["new"], out["baseline"]
+        out["speedup"] = new["users_per_s"] / base["users_per_s"]  # type: ignore[index]
+        out["speedup_cpu"] = new["users_per_cpu_s"] / base["users_per_cpu_s"]  # type: ignore[index]
         print("batch, baseline:", out["baseline"], flush=True)
     return out
 

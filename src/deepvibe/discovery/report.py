@@ -273,6 +273,17 @@ class ReportWriter:
         self.out_dir = Path(out_dir)
         self.label = label
         self.feature_columns = tuple(feature_columns)
+        self._root = self.out_dir.resolve()
+
+    def paths(self, user: str, mode: str) -> tuple[Path, Path]:
+        """:func:`report_paths`, resolving only the output folder once: a user's folder name
+        is one plain component, so only a symbolic link in its place could lead elsewhere."""
+        name = user_folder_name(user)
+        folder = self._root / name
+        if folder.is_symlink():
+            return report_paths(self.out_dir, user, self.label, mode)
+        stem = f"{name}_{self.label}_{mode}"
+        return folder / f"{stem}.csv", folder / f"{stem}_dna.csv"
 
     @functools.cached_property
     def _features(self) -> list[str]:
@@ -300,7 +311,7 @@ class ReportWriter:
                 if u % _WRITE_USERS == 0:  # the rows of the next users, with safe text
                     table = block.arrow(safe_text=True, users=slice(u, u + _WRITE_USERS))
                     first = int(block.offsets[u])
-                report, dna = report_paths(self.out_dir, str(user), self.label, block.mode)
+                report, dna = self.paths(str(user), block.mode)
                 a, b = int(block.offsets[u]) - first, int(block.offsets[u + 1]) - first
                 with batch.open(report) as fh:
                     _write_csv(table.slice(a, b - a), fh)

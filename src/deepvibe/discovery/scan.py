@@ -48,7 +48,7 @@ _TILE_USERS = 256  # users per tile (then 2,048 tracks)
 _MAX_WORKERS = 8
 _MIN_USERS_PER_WORKER = 64
 _PAIR_PIECE = 1 << 18  # (user, track) pairs scored exactly at once
-_SAMPLE = 32_768  # database rows behind each user's estimated floor
+_SAMPLE = 16_384  # database rows behind each user's estimated floor
 _MARGIN = 3  # the floor aims at _MARGIN * k tracks, so falling short of k is very unlikely
 _SIM_TOLERANCE = 4e-6  # bound on |float32 - exact| similarity of two unit 12-vectors, with margin
 
