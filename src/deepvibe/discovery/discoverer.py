@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -433,14 +434,36 @@ def write_discoveries(
 ) -> Iterator[tuple[DiscoveryBlock, list[tuple[Path, Path]]]]:
     """Discover ``batch`` block by block and write each block: per-user report and DNA files
     under ``out_dir``, or, with ``long_table``, one Parquet table for everyone (renamed into
-    place after the last block). Yields each block and its files (none for the long table)."""
+    place after the last block). Yields each block and its files (none for the long table).
+
+    A block is written by a second thread while the next one is computed (at most two blocks
+    in memory); blocks are written, and yielded, in order.
+    """
     columns = tuple(found.scaler.columns)
     if long_table is None:
         writer = ReportWriter(out_dir, label, columns)
-        for block in found.discover_blocks(batch, None, mode):
-            yield block, writer.write_block(block)
+        yield from _overlapped(found.discover_blocks(batch, None, mode), writer.write_block)
         return
     with LongTableWriter(long_table).open() as table:
-        for block in found.discover_blocks(batch, None, mode):
+
+        def write(block: DiscoveryBlock) -> list[tuple[Path, Path]]:
             table.write_block(block)
-            yield block, []
+            return []
+
+        yield from _overlapped(found.discover_blocks(batch, None, mode), write)
+
+
+def _overlapped(
+    blocks: Iterator[DiscoveryBlock], write: Callable[[DiscoveryBlock], list[tuple[Path, Path]]]
+) -> Iterator[tuple[DiscoveryBlock, list[tuple[Path, Path]]]]:
+    """``(block, write(block))`` for each block, each write overlapping the next block's
+    computation."""
+    with ThreadPoolExecutor(1) as pool:
+        pending: tuple[DiscoveryBlock, Future] | None = None
+        for block in blocks:
+            job = pool.submit(write, block)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (block, job)
+        if pending is not None:
+            yield pending[0], pending[1].result()
