@@ -194,3 +194,18 @@ def test_report_writer_leaves_no_half_block(model, tmp_path, monkeypatch) -> Non
     assert len(paths) == 3 and all(a.exists() and b.exists() for a, b in paths)
     dna = pd.read_csv(paths[0][1])
     assert list(dna.columns) == ["feature", "value", "standardised", "percentile"]
+
+
+def test_prepared_chunks_follow_a_change_of_settings(model) -> None:
+    """The standardised chunks kept across blocks belong to one scorer set-up: switching the
+    similarity (as the DNA sweeps do) must not reuse cosine chunks for Pearson."""
+    finder = Discoverer.from_checkpoint(model.best_checkpoint_path, progress=False)
+    batch = du.align_users(du.load_training_users(model.data), finder.track_ids, ["user_8"])
+    cosine = finder.discover(batch.plays, 20, "standard", batch.history)[0].table
+    pearson = finder.settings.model_copy(update={"similarity": "pearson"})
+    finder.settings = pearson
+    again = finder.discover(batch.plays, 20, "standard", batch.history)[0].table
+    fresh = Discoverer.from_checkpoint(model.best_checkpoint_path, progress=False)
+    fresh.settings = pearson
+    want = fresh.discover(batch.plays, 20, "standard", batch.history)[0].table
+    assert again.equals(want) and not np.allclose(again["similarity"], cosine["similarity"])

@@ -95,8 +95,8 @@ class Discoverer:
         self.progress = progress
         self._catalogue_quantiles: np.ndarray | None = None
         self._catalogue_index = pd.Index(self.track_ids)
-        # Standardised database chunks, kept across blocks while they fit (per mode).
-        self._prepared = {"standard": PreparedChunks(), "gems": PreparedChunks()}
+        # Standardised database chunks, kept across blocks while they fit (per scorer setup).
+        self._prepared: dict[tuple[object, ...], PreparedChunks] = {}
 
     @classmethod
     def from_checkpoint(
@@ -310,9 +310,8 @@ class Discoverer:
             s.popularity_ceiling,
         )  # fmt: skip
         extra = int(np.diff(batch.history_matrix.indptr).max(initial=0))
-        rows, scores = scan(
-            db, scorer, n + extra, s.chunk_size, self.progress, self._prepared.get(mode)
-        )  # (b, k)
+        cache = self._prepared.setdefault(scorer.signature(), PreparedChunks())
+        rows, scores = scan(db, scorer, n + extra, s.chunk_size, self.progress, cache)  # (b, k)
         found = rows >= 0
         users, _ = np.nonzero(found)
         uniq, where = np.unique(rows[found], return_inverse=True)
