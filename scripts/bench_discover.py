@@ -1,16 +1,20 @@
-"""Benchmark of discover's database scan.
+"""Benchmarks of discover: the database scan, batch discovery and memory.
 
-1. A synthetic 1,000,000-track database (toy generator, Spotify-like columns) as CSV.
-   Times, in one process: the first scan (parse the CSV + write the Parquet cache + scan),
+1. (always) A synthetic ``--tracks``-track database (toy generator, Spotify-like columns) as
+   CSV. Times, in one process: the first scan (stream the CSV into the Parquet cache + scan),
    repeat scans (open the cache + scan + read the report rows), and the naive approach
-   (``pandas.read_csv`` + standardise + similarity to every row + sort, on every call, as
-   the original prototype does, but vectorised). Reported as a ratio.
-2. ``--cli``: the same through ``deepvibe discover`` (process start, torch import and model
-   load included) with a tiny model trained on toy data.
-3. Peak memory: a 10,000,000-track cache written directly in chunks, scanned in a fresh
-   subprocess per (database size, chunk size); peak RSS minus the RSS before the scan.
+   (``pandas.read_csv`` + standardise + similarity to every row + sort, on every call).
+2. ``--cli``: the same through ``deepvibe discover`` with a tiny model trained on toy data.
+3. ``--batch N``: ``deepvibe discover --all`` for N users over the same database, as
+   separate processes: users/s = (N - 1) / (time for N users - time for 1 user), beside the
+   same measure of the code at ``--baseline-rev`` (the per-user path before batch discovery),
+   and a check that a sample of users gets the same report alone as in the batch.
+4. ``--many-users M``: peak RSS of ``deepvibe discover --all`` for M users (long format, about
+   50 tracks each) of a toy model with a 10,000-track catalogue, in a fresh process.
+5. ``--big N``: peak memory of scans of an N-track cache written directly in chunks, in a
+   fresh process per (database size, chunk size). Only when asked.
 
-    python scripts/bench_discover.py --tracks 1000000 --big 10000000 --cli
+    python scripts/bench_discover.py --tracks 1000000 --batch 2000 --many-users 100000
 """
 
 from __future__ import annotations
@@ -31,12 +35,16 @@ import numpy as np
 import pandas as pd
 
 from deepvibe.config import DEFAULT_FEATURES
-from deepvibe.data.synth import make_toy_data
+from deepvibe.data.synth import make_toy_data, write_toy_data
 from deepvibe.data.tables import FeatureScaler, TrackTable
-from deepvibe.discovery import discoverer as dv
+from deepvibe.discovery.database import TrackDatabase, cache_path_for, write_database_cache
+from deepvibe.discovery.dna import similarity_to
+from deepvibe.discovery.scan import scan_database
 
 FEATURES = DEFAULT_FEATURES
 N_REPORT = 1000  # rows per report, the default top_n
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = ["--set", "model.hidden=[64]", "--set", "model.latent=16", "--set", "train.epochs=2"]
 
 
 def rss_mb() -> float:
@@ -64,6 +72,18 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def timed(fn, repeat: int = 1) -> tuple[float, object]:  # noqa: ANN001
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+# ----------------------------------------------------------------------------- 1. one scan
+
+
 def scaler_and_dna(frame: pd.DataFrame, seed: int = 0) -> tuple[FeatureScaler, np.ndarray]:
     """A scaler fitted on 10,000 rows (a catalogue) and one user's DNA: a random track's
     standardised features."""
@@ -76,81 +96,88 @@ def scaler_and_dna(frame: pd.DataFrame, seed: int = 0) -> tuple[FeatureScaler, n
 def naive(csv: Path, scaler: FeatureScaler, dna: np.ndarray) -> np.ndarray:
     frame = pd.read_csv(csv)
     feats = scaler.transform(frame[list(FEATURES)].to_numpy(np.float64))
-    sims = dv.similarity_to(dna[0], feats, "cosine")
+    sims = similarity_to(dna[0], feats, "cosine")
     return frame["track_id"].to_numpy()[np.argsort(-sims, kind="stable")[:N_REPORT]]
 
 
 def deepvibe_scan(csv: Path, scaler: FeatureScaler, dna: np.ndarray, chunk: int) -> np.ndarray:
-    db = dv.TrackDatabase.open(csv, FEATURES)
-    hits = dv.scan_database(db, scaler, dna, N_REPORT, "cosine", chunk_size=chunk, progress=False)
+    db = TrackDatabase.open(csv, FEATURES)
+    hits = scan_database(db, scaler, dna, N_REPORT, "cosine", chunk_size=chunk, progress=False)
     return db.take(hits[0].rows)["track_id"].to_numpy()
 
 
-def timed(fn, repeat: int = 1) -> tuple[float, object]:  # noqa: ANN001
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), out
-
-
-def bench_speed(tmp: Path, n_tracks: int, chunk: int, repeat: int) -> dict[str, float]:
+def make_database(tmp: Path, n_tracks: int, users: int = 8) -> Path:
+    """Toy data with an ``n_tracks`` database, written under ``tmp/data``."""
     t0 = time.perf_counter()
-    toy = make_toy_data(users=8, tracks=8, db_tracks=n_tracks, groups=4, weeks=1, seed=0)
-    csv = tmp / "global_tracks.csv"
-    toy.database.to_csv(csv, index=False)
-    print(f"generated {n_tracks:,} tracks ({csv.stat().st_size / 2**20:.0f} MiB CSV) "
-          f"in {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
-    scaler, dna = scaler_and_dna(toy.database)
-    del toy
+    toy = make_toy_data(users=users, tracks=500, db_tracks=n_tracks, groups=4, weeks=1, seed=0)
+    paths = write_toy_data(tmp / "data", toy)
+    csv = paths["database"]
+    print(f"generated {users:,} users and {n_tracks:,} tracks ({csv.stat().st_size / 2**20:.0f} "
+          f"MiB CSV) in {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+    return csv
+
+
+def bench_speed(csv: Path, chunk: int, repeat: int) -> dict[str, float]:
+    scaler, dna = scaler_and_dna(pd.read_csv(csv, nrows=10_000))
+    cache_path_for(csv).unlink(missing_ok=True)
     first, ids_first = timed(lambda: deepvibe_scan(csv, scaler, dna, chunk))
     repeat_s, ids_repeat = timed(lambda: deepvibe_scan(csv, scaler, dna, chunk), repeat)
     naive_s, ids_naive = timed(lambda: naive(csv, scaler, dna), max(1, repeat // 2))
     scan_only, _ = timed(
-        lambda: dv.scan_database(
-            dv.TrackDatabase.open(csv, FEATURES), scaler, dna, N_REPORT, "cosine",
+        lambda: scan_database(
+            TrackDatabase.open(csv, FEATURES), scaler, dna, N_REPORT, "cosine",
             chunk_size=chunk, progress=False,
         ),
         repeat,
     )  # fmt: skip
-    same = float(np.mean(np.asarray(ids_repeat) == np.asarray(ids_naive)))
     assert list(ids_first) == list(ids_repeat)
-    cache = dv.cache_path_for(csv)
     return {
-        "tracks": n_tracks,
+        "tracks": TrackDatabase.open(csv, FEATURES).n_tracks,
         "csv_mib": csv.stat().st_size / 2**20,
-        "cache_mib": cache.stat().st_size / 2**20,
+        "cache_mib": cache_path_for(csv).stat().st_size / 2**20,
         "first_scan_s": first,
         "repeat_scan_s": repeat_s,
         "repeat_scan_without_report_rows_s": scan_only,
         "naive_s": naive_s,
         "naive_over_repeat": naive_s / repeat_s,
         "first_over_repeat": first / repeat_s,
-        "top1000_same_as_naive": same,
+        "top1000_same_as_naive": float(np.mean(np.asarray(ids_repeat) == np.asarray(ids_naive))),
     }
 
 
-def bench_cli(tmp: Path, csv: Path, repeat: int) -> dict[str, float]:
-    """deepvibe discover end to end with a tiny model whose database is the big CSV."""
-    run = tmp / "cli"
-    run.mkdir()
+# ----------------------------------------------------------------------------- 2, 3. commands
+
+
+CPU_SECONDS: list[float] = []  # CPU time (user + system) of each run_cli command, in order
+
+
+def run_cli(cwd: Path, args: list[str], src: Path | None = None) -> float:
+    """Seconds for one ``deepvibe`` command in a new process (``src``: another package); its
+    CPU seconds go to ``CPU_SECONDS``."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    exe = [sys.executable, "-m", "deepvibe.cli"]
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    res = subprocess.run(
+        [sys.executable, "-m", "deepvibe.cli", *args], cwd=cwd, env=env, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    if res.returncode:
+        raise RuntimeError(f"deepvibe {' '.join(args)} failed:\n{res.stderr[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return time.perf_counter() - t0
 
-    def call(*args: str) -> float:
-        t0 = time.perf_counter()
-        subprocess.run([*exe, *args], cwd=run, env=env, check=True, capture_output=True)
-        return time.perf_counter() - t0
 
-    call("synth", "--out", "data", "--users", "200", "--tracks", "100", "--db-tracks", "200")
-    sets = ["--set", "model.hidden=[64]", "--set", "model.latent=16", "--set", "train.epochs=2"]
-    call("train", *sets)
+def bench_cli(root: Path, csv: Path, repeat: int) -> dict[str, float]:
+    """deepvibe discover end to end with a tiny model whose database is the big CSV."""
     args = ["discover", "user_1", "--no-progress", "--set", f"data.database={csv}"]
-    dv.cache_path_for(csv).unlink()  # left by the in-process runs: make the first call build it
-    first = call(*args)
-    again = float(np.median([call(*args) for _ in range(repeat)]))
-    catalogue = float(np.median([call(*args, "--source", "catalogue") for _ in range(repeat)]))
+    cache_path_for(csv).unlink(missing_ok=True)
+    first = run_cli(root, args)
+    again = float(np.median([run_cli(root, args) for _ in range(repeat)]))
+    catalogue = float(np.median([run_cli(root, [*args, "--source", "catalogue"])
+                                 for _ in range(repeat)]))  # fmt: skip
     return {
         "cli_first_s": first,
         "cli_repeat_s": again,
@@ -159,7 +186,152 @@ def bench_cli(tmp: Path, csv: Path, repeat: int) -> dict[str, float]:
     }
 
 
-# ----------------------------------------------------------------------------- memory
+def old_package(tmp: Path, rev: str) -> Path | None:
+    """``src/`` of the package at git revision ``rev``, extracted under ``tmp``."""
+    out = tmp / f"src_{rev}"
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", rev, "src"], capture_output=True, check=True
+        )
+        out.mkdir()
+        subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"baseline {rev} not available ({exc}); skipped", flush=True)
+        return None
+    return out / "src"
+
+
+def users_per_second(
+    cwd: Path, n_users: int, src: Path | None, repeat: int, extra: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """(N - 1) / (time for N users - time for 1 user), in wall-clock and in CPU seconds."""
+    ones, alls = [], []
+    for _ in range(repeat):
+        ones.append((run_cli(cwd, ["discover", "user_1", "--no-progress", *extra], src),
+                     CPU_SECONDS[-1]))  # fmt: skip
+        alls.append((run_cli(cwd, ["discover", "--all", "--no-progress", *extra], src),
+                     CPU_SECONDS[-1]))  # fmt: skip
+    one, one_cpu = np.median(ones, axis=0)
+    many, many_cpu = np.median(alls, axis=0)
+    return {
+        "one_user_s": float(one), "all_users_s": float(many),
+        "users_per_s": (n_users - 1) / float(many - one),
+        "users_per_cpu_s": (n_users - 1) / float(many_cpu - one_cpu),
+    }  # fmt: skip
+
+
+def same_reports(batch_dir: Path, alone_dir: Path) -> tuple[int, int]:
+    """(identical, compared) report and DNA files of the users found in ``alone_dir``."""
+    files = sorted(p.relative_to(alone_dir) for p in alone_dir.rglob("*.csv"))
+    same = sum((batch_dir / f).read_bytes() == (alone_dir / f).read_bytes() for f in files)
+    return same, len(files)
+
+
+def bench_batch(root: Path, n_users: int, rev: str, repeat: int, check: int) -> dict[str, object]:
+    """``discover --all`` for ``n_users`` over the database in ``root/data``: this package
+    against ``rev``'s, each in its own folder (own cache, own reports)."""
+    out: dict[str, object] = {"users": n_users}
+    run_cli(root, ["discover", "user_1", "--no-progress"])  # build the cache
+    out["new"] = users_per_second(root, n_users, None, repeat)
+    print("batch, this package:", out["new"], flush=True)
+    long_table = ("--out", "recs.parquet")
+    out["new_long_table"] = users_per_second(root, n_users, None, repeat, long_table)
+    print("batch, this package, --out parquet:", out["new_long_table"], flush=True)
+    alone = root / "alone"
+    for u in range(1, n_users + 1, max(1, n_users // check)):
+        run_cli(root, ["discover", f"user_{u}", "--no-progress",
+                       "--set", f"paths.recommendations_dir={alone}"])  # fmt: skip
+    same, compared = same_reports(root / "recommendations", alone)
+    out["reports_identical_to_alone"] = f"{same} of {compared} files"
+    src = old_package(root.parent, rev)
+    if src is not None:
+        old = root.parent / "old_run"
+        old.mkdir()
+        (old / "data").mkdir()
+        for p in (root / "data").iterdir():  # another name: the old code keeps its own cache
+            (old / "data" / p.name).symlink_to(p)
+        run_cli(old, ["train", *TINY_MODEL], src)  # its own model: configs differ by a key
+        run_cli(old, ["discover", "user_1", "--no-progress"], src)  # build its cache
+        out["baseline"] = {"rev": rev, **users_per_second(old, n_users, src, 1)}
+        new, base = out["new"], out["baseline"]
+        out["speedup"] = new["users_per_s"] / base["users_per_s"]  # type: ignore[index]
+        out["speedup_cpu"] = new["users_per_cpu_s"] / base["users_per_cpu_s"]  # type: ignore[index]
+        print("batch, baseline:", out["baseline"], flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- 4. many users
+
+
+def write_many_users(root: Path, n_users: int, n_catalogue: int = 10_000) -> None:
+    """A long-format interactions file of ``n_users`` users (about 50 tracks each, from their
+    taste group) over a ``n_catalogue``-track catalogue, a features table, a database of twice
+    the catalogue, and a 10,000-user subset to train on."""
+    toy = make_toy_data(users=8, tracks=8, db_tracks=2 * n_catalogue, groups=4, weeks=1, seed=1)
+    data = root / "data"
+    data.mkdir(parents=True)
+    db = toy.database
+    db.to_csv(data / "global_tracks.csv", index=False)
+    db.iloc[:n_catalogue].to_csv(data / "features.csv", index=False)
+    ids = db["track_id"].to_numpy(dtype=object)[:n_catalogue]
+    group = np.array([toy.track_group[t] for t in ids])
+    rng = np.random.default_rng(2)
+    parts = []
+    for g in range(4):
+        users = np.arange(g, n_users, 4)
+        mine = ids[group == g]
+        weight = 1.0 / np.arange(1, len(mine) + 1) ** 0.8  # long tail within the group
+        picks = rng.choice(len(mine), size=(len(users), 60), p=weight / weight.sum())
+        for row, u in zip(picks, users, strict=True):
+            tracks = mine[np.unique(row)][:50]
+            parts.append(pd.DataFrame({"user_id": f"user_{u}", "track_id": tracks,
+                                       "plays": rng.integers(1, 6, size=len(tracks))}))  # fmt: skip
+    long = pd.concat(parts, ignore_index=True)
+    long.to_csv(data / "interactions.csv", index=False)
+    train_users = {f"user_{u}" for u in range(min(n_users, 10_000))}
+    long[long["user_id"].isin(train_users)].to_csv(data / "train.csv", index=False)
+    print(f"wrote {n_users:,} users, {len(long):,} rows", flush=True)
+
+
+def rss_child(argv: list[str]) -> None:
+    """Run one deepvibe command in this (fresh) process; print its time and peak RSS."""
+    from deepvibe.cli import app
+
+    t0 = time.perf_counter()
+    try:
+        app(argv, standalone_mode=False)
+    finally:
+        print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mib": peak_mb()}))
+
+
+def bench_many_users(root: Path, n_users: int) -> dict[str, object]:
+    write_many_users(root, n_users)
+    sets = ["--set", "data.interactions=data/train.csv", "--set", "data.features=data/features.csv",
+            "--set", "data.database=data/global_tracks.csv", "--set", "data.max_tracks=10000",
+            "--set", "data.feature_track_column=track_id"]  # fmt: skip
+    run_cli(root, ["train", *TINY_MODEL, "--set", "train.epochs=1", *sets])
+    out: dict[str, object] = {"users": n_users}
+    for name, extra in (
+        ("long_table", ["--out", "recs.parquet"]),
+        ("csv_reports_top_20", ["--top", "20"]),
+    ):
+        args = ["discover", "--all", "--no-progress",
+                "--set", "data.interactions=data/interactions.csv", *extra]  # fmt: skip
+        res = subprocess.run(
+            [sys.executable, __file__, "--rss-child", json.dumps(args)], cwd=root,
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if res.returncode:
+            raise RuntimeError(res.stderr[-3000:])
+        out[name] = json.loads(res.stdout.strip().splitlines()[-1])
+        print(name, out[name], flush=True)
+        shutil.rmtree(root / "recommendations", ignore_errors=True)
+    rows = pd.read_parquet(root / "recs.parquet", columns=["user"])
+    out["long_table_users"] = int(rows["user"].nunique())
+    return out
+
+
+# ----------------------------------------------------------------------------- 5. big caches
 
 
 def write_big_cache(path: Path, n_tracks: int, piece: int = 500_000) -> None:
@@ -175,22 +347,21 @@ def write_big_cache(path: Path, n_tracks: int, piece: int = 500_000) -> None:
             names = np.char.add("Track ", np.arange(start, start + n).astype(str)).astype(object)
             yield TrackTable(ids, feats, FEATURES, pop, names, names)
 
-    dv.write_database_cache(path, pieces(), {"source": "synthetic"}, n_tracks)
+    write_database_cache(path, pieces(), {"source": "synthetic"})
 
 
 def memory_child(cache: str, chunk: int) -> None:
     """Run in a fresh process: peak RSS of one scan (and of a gems scan) of ``cache``."""
-    db = dv.TrackDatabase.from_cache(cache)
+    db = TrackDatabase.from_cache(cache)
     rng = np.random.default_rng(0)
     scaler = FeatureScaler(FEATURES, np.full(12, 50.0), np.full(12, 10.0))
     dna = rng.normal(size=(1, 12))
-    # Touch the code paths once on a tiny slice so lazy imports are not counted as the scan.
-    next(db.chunks(1000))
+    next(db.chunks(1000))  # lazy imports are not the scan
     before = rss_mb()
     reset = reset_peak()
     t0 = time.perf_counter()
-    hits = dv.scan_database(db, scaler, dna, N_REPORT, "cosine", chunk_size=chunk, progress=False)
-    hits_g = dv.scan_database(
+    hits = scan_database(db, scaler, dna, N_REPORT, "cosine", chunk_size=chunk, progress=False)
+    hits_g = scan_database(
         db, scaler, dna, N_REPORT, "cosine", gems_lambda=0.2, chunk_size=chunk, progress=False
     )
     rows = db.take(hits[0].rows)
@@ -222,34 +393,70 @@ def bench_memory(tmp: Path, sizes: list[int], chunks: list[int]) -> list[dict[st
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tracks", type=int, default=1_000_000)
-    ap.add_argument("--big", type=int, default=10_000_000, help="tracks in the memory test")
+    ap.add_argument("--tracks", type=int, default=1_000_000, help="tracks in the database")
     ap.add_argument("--chunk", type=int, default=262_144)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cli", action="store_true", help="also time deepvibe discover end to end")
-    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--batch", type=int, default=0, help="users for discover --all (>= 2000)")
+    ap.add_argument("--baseline-rev", default="d94dc13", help="git revision of the baseline")
+    ap.add_argument("--check-users", type=int, default=20, help="users re-run alone")
+    ap.add_argument("--many-users", type=int, default=0, help="users for the memory test")
+    ap.add_argument("--big", type=int, default=None, help="tracks in the cache memory test")
     ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def plan(args: argparse.Namespace) -> list[str]:
+    """The parts to run: the scan always, the others only when asked."""
+    parts = ["speed"]
+    parts += ["cli"] if args.cli else []
+    parts += ["batch"] if args.batch else []
+    parts += ["many_users"] if args.many_users else []
+    parts += ["memory"] if args.big else []
+    return parts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.memory_child:
         memory_child(args.memory_child[0], int(args.memory_child[1]))
         return 0
+    if args.rss_child:
+        rss_child(json.loads(args.rss_child))
+        return 0
+    parts = plan(args)
     result: dict[str, object] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
         "load_average_at_start": os.getloadavg(),
+        "parts": parts,
     }
     tmp = Path(tempfile.mkdtemp(prefix="bench_discover_"))
     try:
-        result["speed"] = bench_speed(tmp, args.tracks, args.chunk, args.repeat)
+        root = tmp / "run"
+        csv = make_database(root, args.tracks, users=max(8, args.batch))
+        result["speed"] = bench_speed(csv, args.chunk, args.repeat)
         print(json.dumps(result["speed"], indent=1), flush=True)
-        if args.cli:
-            result["cli"] = bench_cli(tmp, tmp / "global_tracks.csv", args.repeat)
+        if "cli" in parts or "batch" in parts:
+            run_cli(root, ["train", *TINY_MODEL])
+        if "cli" in parts:
+            result["cli"] = bench_cli(root, csv, args.repeat)
             print(json.dumps(result["cli"], indent=1), flush=True)
-        (tmp / "global_tracks.csv").unlink()
-        if not args.skip_memory:
+        if "batch" in parts:
+            result["batch"] = bench_batch(
+                root, args.batch, args.baseline_rev, args.repeat, args.check_users
+            )
+        shutil.rmtree(root, ignore_errors=True)
+        if "many_users" in parts:
+            result["many_users"] = bench_many_users(tmp / "many", args.many_users)
+        if "memory" in parts:
             sizes = sorted({min(args.tracks, args.big), args.big})
             result["memory"] = bench_memory(tmp, sizes, sorted({65_536, args.chunk, 1_048_576}))
     finally:

@@ -37,7 +37,9 @@ import torch
 from deepvibe.config import DEFAULT_FEATURES, load_config
 from deepvibe.data.dataset import Dataset
 from deepvibe.data.tables import FeatureScaler, Interactions, TrackTable
-from deepvibe.discovery import discoverer as dv
+from deepvibe.discovery.database import TrackDatabase
+from deepvibe.discovery.discoverer import Discoverer
+from deepvibe.discovery.dna import similarity_to
 from deepvibe.ranking.metrics import evaluate_ranking, mask_seen, top_k
 from deepvibe.ranking.protocol import foldin_split
 from deepvibe.training.train import train
@@ -70,7 +72,7 @@ def run_seed(
     seed: int,
     pairs: pd.DataFrame,
     tracks: pd.DataFrame,
-    db: dv.TrackDatabase,
+    db: TrackDatabase,
     temperatures: list[float],
     top_ks: list[int | None],
 ) -> dict[str, dict[str, float]]:
@@ -119,12 +121,12 @@ def run_seed(
     all_std = scaler.transform(raw).astype(np.float32)  # (m, f)
     counts = np.asarray(fold.sum(axis=1)).ravel()
     mean_profile = (fold @ all_std) / counts[:, None]  # (P, f) mean standardised fold-in features
-    content = dv.similarity_to(mean_profile, all_std, "cosine").astype(np.float64)
+    content = similarity_to(mean_profile, all_std, "cosine").astype(np.float64)
     score("content (cosine to mean)", top_k(mask_seen(content, fold), 100))
 
     # --- deepvibe: decoder only (catalogue), then the scan at each temperature / similarity
     plays = fold[:, cat_cols].tocsr()
-    finder = dv.Discoverer(result.model, cat_ids, scaler, feats, cfg.discover, db)
+    finder = Discoverer(result.model, cat_ids, scaler, feats, cfg.discover, db)
     dec = np.full(fold.shape, -np.inf)
     dec[:, cat_cols] = finder.scores(plays)
     score("decoder scores (catalogue only)", top_k(mask_seen(dec, fold), 100))
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         db_csv = Path(tmp) / "tracks.csv"
         renamed = {"track_popularity": "popularity", "track_artist": "artists"}
         tracks.rename(columns=renamed).to_csv(db_csv, index=False)
-        db = dv.TrackDatabase.open(db_csv, DEFAULT_FEATURES)
+        db = TrackDatabase.open(db_csv, DEFAULT_FEATURES)
         for seed in args.seeds:
             top_ks = [None if k == "all" else int(k) for k in args.top_ks]
             runs.append(run_seed(seed, pairs, tracks, db, args.temperatures, top_ks))

@@ -22,7 +22,8 @@ import torch
 
 from deepvibe.config import load_config
 from deepvibe.data.synth import make_toy_data, write_toy_data
-from deepvibe.discovery import discoverer as dv
+from deepvibe.discovery.database import TrackDatabase
+from deepvibe.discovery.discoverer import Discoverer
 from deepvibe.training.train import train
 
 GRID = [(0.01, None), (0.1, None), (1.0, None), (0.1, 10), (0.3, 10), (1.0, 10), (1.0, 30)]
@@ -57,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                 res = train(cfg, progress=False, write_files=False)
                 ds = res.dataset
                 if db is None:
-                    db = dv.TrackDatabase.open(data / "global_tracks.csv", ds.scaler.columns)
-                finder = dv.Discoverer(
+                    db = TrackDatabase.open(data / "global_tracks.csv", ds.scaler.columns)
+                finder = Discoverer(
                     res.model, ds.track_ids, ds.scaler, ds.track_features, cfg.discover, db
                 )
                 users, plays = ds.interactions.user_matrix()

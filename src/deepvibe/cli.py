@@ -526,7 +526,7 @@ def discover(
         part = None if out is None else (out if ranks.world == 1 else _part(out, ranks.rank))
         written = write_discoveries(found, batch, mode, tag, cfg.paths.recommendations_dir, part)
         for block, paths in written:
-            n_rows += len(block.table)
+            n_rows += len(block.row_track)
             for u in range(len(block)):
                 if verbose_out and ranks.is_main:
                     res = block.discovery(u)

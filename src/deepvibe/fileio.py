@@ -75,28 +75,42 @@ class AtomicBatch:
 
     def __init__(self) -> None:
         self._pending: list[tuple[Path, Path]] = []
+        self._folders: set[Path] = set()  # made already: one mkdir per folder
+        self._count = 0
 
-    def path(self, target: str | os.PathLike[str]) -> Path:
-        """A temporary path to write ``target``'s new content to."""
+    def _temporary(self, target: str | os.PathLike[str]) -> tuple[int, Path]:
         final = Path(target)
-        if final.is_dir():
-            raise DeepVibeError(f"{final}: is a folder; give a file name to write to")
-        _make_folder(final.parent, "output folder")
-        try:
+        if final.parent not in self._folders:
+            if final.is_dir():
+                raise DeepVibeError(f"{final}: is a folder; give a file name to write to")
+            _make_folder(final.parent, "output folder")
+            self._folders.add(final.parent)
+        self._count += 1
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.{id(self):x}.{self._count}.tmp")
+        try:  # a name no other writer uses; O_EXCL refuses to follow or reuse anything there
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        except FileExistsError:  # left by a crashed run with the same process id: a new name
             fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+            os.chmod(name, 0o666 & ~_umask())
+            tmp = Path(name)
         except OSError as exc:
             raise DeepVibeError(
                 f"{final.parent}: cannot write here ({exc.strerror}); choose a writable location"
             ) from exc
+        self._pending.append((tmp, final))
+        return fd, tmp
+
+    def path(self, target: str | os.PathLike[str]) -> Path:
+        """A temporary path to write ``target``'s new content to."""
+        fd, tmp = self._temporary(target)
         os.close(fd)
-        os.chmod(name, 0o666 & ~_umask())
-        self._pending.append((Path(name), final))
-        return Path(name)
+        return tmp
 
     @contextlib.contextmanager
     def open(self, target: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         """``target``'s temporary file, opened for binary writing."""
-        with open(self.path(target), "wb") as fh:
+        fd, _ = self._temporary(target)
+        with os.fdopen(fd, "wb") as fh:
             yield fh
 
     def commit(self) -> None:

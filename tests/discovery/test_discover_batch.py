@@ -181,13 +181,13 @@ def test_report_writer_leaves_no_half_block(model, tmp_path, monkeypatch) -> Non
     calls = [0]
     write = rep._write_csv
 
-    def dies_on_the_fifth_file(*args):  # noqa: ANN002, ANN202
+    def dies_on_the_third_report(*args):  # noqa: ANN002, ANN202
         calls[0] += 1
-        if calls[0] == 5:
+        if calls[0] == 3:
             raise OSError("disk full")
         return write(*args)
 
-    monkeypatch.setattr(rep, "_write_csv", dies_on_the_fifth_file)
+    monkeypatch.setattr(rep, "_write_csv", dies_on_the_third_report)
     with pytest.raises(OSError, match="disk full"):
         rep.ReportWriter(tmp_path, "best", tuple(finder.scaler.columns)).write_block(block)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no report, no temporary file
@@ -196,3 +196,19 @@ def test_report_writer_leaves_no_half_block(model, tmp_path, monkeypatch) -> Non
     assert len(paths) == 3 and all(a.exists() and b.exists() for a, b in paths)
     dna = pd.read_csv(paths[0][1])
     assert list(dna.columns) == ["feature", "value", "standardised", "percentile"]
+
+
+def test_prepared_chunks_follow_a_change_of_settings(model) -> None:
+    """The standardised chunks kept across blocks belong to one scorer set-up: switching the
+    similarity (as the DNA sweeps do) must not reuse cosine chunks for Pearson. The chunks
+    belong to the DNA scan (``--source dna``); the hybrid holds its database in memory."""
+    finder = Discoverer.from_checkpoint(model.best_checkpoint_path, source="dna", progress=False)
+    batch = du.align_users(du.load_training_users(model.data), finder.track_ids, ["user_8"])
+    cosine = finder.discover(batch.plays, 20, "standard", batch.history)[0].table
+    pearson = finder.settings.model_copy(update={"similarity": "pearson"})
+    finder.settings = pearson
+    again = finder.discover(batch.plays, 20, "standard", batch.history)[0].table
+    fresh = Discoverer.from_checkpoint(model.best_checkpoint_path, source="dna", progress=False)
+    fresh.settings = pearson
+    want = fresh.discover(batch.plays, 20, "standard", batch.history)[0].table
+    assert again.equals(want) and not np.allclose(again["similarity"], cosine["similarity"])

@@ -644,6 +644,19 @@ class TrackDatabase:
         that hold them. Columns: track_id and whichever of track_name, artists, popularity
         exist (default), or ``columns`` (``feature_columns`` name the raw features)."""
         rows = np.asarray(rows, dtype=np.int64)
+        uniq, where = np.unique(rows, return_inverse=True)
+        table = self.take_arrow(uniq, columns)
+        frame = (
+            table.to_pandas()
+            if table.num_rows
+            else pd.DataFrame({c: [] for c in table.column_names})
+        )
+        return frame.iloc[where].reset_index(drop=True)
+
+    def take_arrow(self, rows: np.ndarray, columns: list[str] | None = None):  # noqa: ANN201
+        """:meth:`take` for sorted distinct ``rows``, as a ``pyarrow.Table`` (no pandas)."""
+        import pyarrow as pa
+
         if columns is None:
             columns = ["track_id"]
             columns += ["track_name"] if self.has_names else []
@@ -651,20 +664,21 @@ class TrackDatabase:
             columns += ["popularity"] if self.has_popularity else []
         stored = {c: _feature_name(j) for j, c in enumerate(self.feature_columns)}
         read = list(dict.fromkeys(stored.get(c, c) for c in columns))
-        uniq = np.unique(rows)
+        rows = np.asarray(rows, dtype=np.int64)
         assert self._row_groups is not None
-        group_of = np.searchsorted(self._row_groups, uniq, side="right") - 1
-        parts: list[pd.DataFrame] = []
+        group_of = np.searchsorted(self._row_groups, rows, side="right") - 1
+        parts = []
         with pq_file(self.path) as pf:
             for g in np.unique(group_of):
-                local = uniq[group_of == g] - self._row_groups[g]
-                frame = pf.read_row_group(int(g), columns=read).take(local).to_pandas()
-                frame.index = uniq[group_of == g]
-                parts.append(frame)
+                local = rows[group_of == g] - self._row_groups[g]
+                parts.append(pf.read_row_group(int(g), columns=read).take(pa.array(local)))
         if not parts:
-            return pd.DataFrame({c: [] for c in columns})
-        found = pd.concat(parts).rename(columns={v: k for k, v in stored.items()})
-        return found.loc[rows, columns].reset_index(drop=True)
+            schema = pq_file(self.path).schema_arrow
+            return pa.table({c: pa.array([], schema.field(stored.get(c, c)).type)
+                             for c in columns})  # fmt: skip
+        table = pa.concat_tables(parts)
+        return table.rename_columns([{v: k for k, v in stored.items()}.get(c, c)
+                                     for c in table.column_names]).select(columns)  # fmt: skip
 
     def percentiles(self, raw_values: np.ndarray) -> np.ndarray:
         """Where values (f,) or (B, f) in original units sit in the database: 0..100 per

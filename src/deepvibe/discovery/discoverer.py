@@ -23,10 +23,13 @@ user's report is the same whether they are discovered alone or with 100,000 othe
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -44,9 +47,9 @@ from deepvibe.discovery.report import (
     LongTableWriter,
     Mode,
     ReportWriter,
-    finish_table,
+    track_table,
 )
-from deepvibe.discovery.scan import DnaScorer, check_database, scan, score_rows
+from deepvibe.discovery.scan import DnaScorer, PreparedChunks, check_database, scan
 from deepvibe.discovery.signals import TILE, HybridScorer, TrackSpace, UserInputs, rank_space
 from deepvibe.discovery.users import HistoryNames, UserBatch
 from deepvibe.errors import DataError
@@ -55,6 +58,9 @@ from deepvibe.model.inference import encode_and_score
 from deepvibe.model.vae import HybridVAE
 from deepvibe.ranking.topk import top_k
 from deepvibe.training.checkpoint import Checkpoint, load_checkpoint
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +103,8 @@ class Discoverer:
         # The hybrid score over the database (source db); None: the Vibe DNA alone ranks it.
         self.hybrid: HybridScorer | None = None
         self.new_artist_weights: HybridWeights | None = None  # fitted for --new-artists
+        # Standardised database chunks, kept across blocks while they fit (per scorer setup).
+        self._prepared: dict[tuple[object, ...], PreparedChunks] = {}
 
     @classmethod
     def from_checkpoint(
@@ -298,21 +306,31 @@ class Discoverer:
         dna = self.dna(scores) if has_features else np.zeros((len(batch.users), 0))
         dna_raw = self.scaler.inverse(dna) if has_features else dna
         if self.hybrid is not None:
-            table, offsets, dna = self._from_hybrid(batch, n, mode)
+            tracks, hits, dna = self._from_hybrid(batch, n, mode)
             dna_raw = self.scaler.inverse(dna)
             assert self.database is not None
             pct = self.database.percentiles(dna_raw)
+            base = "similarity"
         elif self.database is not None:
-            table, offsets = self._from_database(dna, n, mode, batch)
+            tracks, hits = self._from_database(dna, n, mode, batch)
             pct = self.database.percentiles(dna_raw)
+            base = "similarity"
         else:
-            table, offsets = self._from_catalogue(scores, n, mode, batch)
+            tracks, hits = self._from_catalogue(scores, n, mode, batch)
             pct = self._catalogue_percentiles(dna_raw)
-        return DiscoveryBlock(batch.users, mode, self.source, dna, dna_raw, pct, table, offsets)
+            base = "decoder_score"
+        first = _first_n_per_user(hits, len(batch.users), n)
+        counts = np.bincount(first.users, minlength=len(batch.users))
+        offsets = np.concatenate([[0], np.cumsum(counts)])  # (b + 1,)
+        return DiscoveryBlock(
+            batch.users, mode, self.source, dna, dna_raw, pct, tracks, first.track, base,
+            first.base, first.score, offsets, first.why,
+        )  # fmt: skip
 
     def _from_database(
         self, dna: np.ndarray, n: int, mode: Mode, batch: UserBatch
-    ) -> tuple[pd.DataFrame, np.ndarray]:
+    ) -> tuple[pa.Table, _Hits]:
+        """The block's distinct hits (one metadata read) and each user's ranked hits."""
         db = self.database
         assert db is not None
         s = self.settings
@@ -321,26 +339,29 @@ class Discoverer:
             s.popularity_ceiling,
         )  # fmt: skip
         extra = int(np.diff(batch.history_matrix.indptr).max(initial=0))
-        rows, scores = scan(db, scorer, n + extra, s.chunk_size, self.progress)  # (b, k)
-        parts = score_rows(db, scorer, rows)
+        cache = self._prepared.setdefault(scorer.signature(), PreparedChunks())
+        rows, scores = scan(db, scorer, n + extra, s.chunk_size, self.progress, cache)  # (b, k)
         found = rows >= 0
         users, _ = np.nonzero(found)
         uniq, where = np.unique(rows[found], return_inverse=True)
-        meta = db.take(uniq)
-        ids = meta["track_id"].to_numpy(dtype=object)[where]
-        keep = ~_in_history(batch, users, ids)
-        frame = meta.iloc[where[keep]].reset_index(drop=True)
-        frame["similarity"] = parts["similarity"][found][keep]
-        frame["score"] = scores[found][keep]
-        return _first_n_per_user(frame, users[keep], len(batch.users), n, "similarity")
+        tracks = track_table(db.take_arrow(uniq))  # one metadata read for the whole block
+        ids = tracks.column("track_id").to_numpy(zero_copy_only=False)
+        code = pd.Index(batch.history_ids).get_indexer(ids)[where]  # hash lookups
+        keep = ~_in_history(batch, users, code)
+        score = scores[found][keep]
+        pop = tracks.column("popularity").to_numpy(zero_copy_only=False).astype(np.float64)
+        return tracks, _Hits(
+            users[keep], where[keep], scorer.similarity_of(score, pop[where[keep]]), score
+        )
 
     def _from_hybrid(
         self, batch: UserBatch, n: int, mode: Mode
-    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    ) -> tuple[pa.Table, _Hits, np.ndarray]:
         """The hybrid score over the database: the k best unseen tracks per user, with the
-        part that drove each one (``why``); (table, offsets, (b, f) standardised DNA)."""
-        scorer = self.hybrid
-        assert scorer is not None
+        part that drove each one (``why``); (the block's distinct tracks, each user's ranked
+        hits, (b, f) standardised DNA)."""
+        scorer, db = self.hybrid, self.database
+        assert scorer is not None and db is not None
         space, s = scorer.space, self.settings
         history = _history_in_space(batch, space)  # (b, m) binary
         inputs = scorer.user_inputs(history, batch.plays)
@@ -354,23 +375,18 @@ class Discoverer:
         rows, scores = rank_space(scorer, inputs, n, excluded, penalty, s.chunk_size, weights)
         found = np.isfinite(scores) & inputs.usable[:, None]
         users, slot = np.nonzero(found)
-        picked = rows[users, slot]
-        frame = pd.DataFrame({"track_id": space.track_ids[picked]})
-        meta = self.database.take(np.unique(picked)) if self.database is not None else None
-        if meta is not None:
-            at = pd.Index(meta["track_id"].to_numpy(dtype=object)).get_indexer(frame["track_id"])
-            for col in ("track_name", "artists", "popularity"):
-                if col in meta:
-                    frame[col] = meta[col].to_numpy()[at]
-        frame["similarity"] = np.einsum("ij,ij->i", inputs.dna[users], space.units[picked])
-        frame["score"] = scores[users, slot]
-        frame["why"] = _reasons(scorer, inputs, rows, found, batch, space)
-        table, offsets = _first_n_per_user(frame, users, len(batch.users), n, "similarity")
-        return table, offsets, inputs.dna_raw.astype(np.float64)
+        picked = rows[users, slot]  # space rows are database rows
+        uniq, where = np.unique(picked, return_inverse=True)
+        tracks = track_table(db.take_arrow(uniq))  # one metadata read for the whole block
+        similarity = np.einsum("ij,ij->i", inputs.dna[users], space.units[picked])
+        reasons = np.asarray(_reasons(scorer, inputs, rows, found, batch, space), dtype=object)
+        score = scores[users, slot].astype(np.float64)
+        hits = _Hits(users, where, similarity.astype(np.float64), score, reasons)
+        return tracks, hits, inputs.dna_raw.astype(np.float64)
 
     def _from_catalogue(
         self, scores: np.ndarray, n: int, mode: Mode, batch: UserBatch
-    ) -> tuple[pd.DataFrame, np.ndarray]:
+    ) -> tuple[pa.Table, _Hits]:
         s = self.settings
         raw = scores.astype(np.float64)  # (b, n)
         final = raw.copy()
@@ -392,17 +408,21 @@ class Discoverer:
         ok = np.isfinite(np.take_along_axis(final, order, axis=1))
         users, slot = np.nonzero(ok)
         cols = order[users, slot]
-        frame = pd.DataFrame({"track_id": self.track_ids[cols]})
-        for key, col in (("names", "track_name"), ("artists", "artists")):
-            values = self.catalogue_meta.get(key)
-            if values is not None:
-                frame[col] = np.asarray(values, dtype=object)[cols]
-        pop = self.catalogue_meta.get("popularity")
-        if pop is not None:
-            frame["popularity"] = np.asarray(pop, dtype=np.float64)[cols]
-        frame["decoder_score"] = raw[users, cols]
-        frame["score"] = final[users, cols]
-        return _first_n_per_user(frame, users, len(batch.users), n, "decoder_score")
+        return self._catalogue_tracks, _Hits(users, cols, raw[users, cols], final[users, cols])
+
+    @functools.cached_property
+    def _catalogue_tracks(self):  # noqa: ANN202 - a pyarrow.Table
+        import pyarrow as pa
+
+        m = self.catalogue_meta
+        columns = {"track_id": pa.array(self.track_ids.astype(str), pa.string())}
+        named = {"names": "track_name", "artists": "artists"}
+        for key, col in named.items():
+            if m.get(key) is not None:
+                columns[col] = pa.array(np.asarray(m[key], dtype=object).astype(str), pa.string())
+        if m.get("popularity") is not None:
+            columns["popularity"] = pa.array(np.asarray(m["popularity"], dtype=np.float64))
+        return track_table(pa.table(columns))
 
     def _catalogue_percentiles(self, raw_values: np.ndarray) -> np.ndarray:
         if self._catalogue_quantiles is None:
@@ -411,14 +431,13 @@ class Discoverer:
         return percentiles_from_quantiles(self._catalogue_quantiles, raw_values)
 
 
-def _in_history(batch: UserBatch, users: np.ndarray, track_ids: np.ndarray) -> np.ndarray:
-    """Whether each (users[i], track_ids[i]) pair is in that user's history: hash lookups of
-    the ids, then a sorted search of (user, id) keys."""
+def _in_history(batch: UserBatch, users: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Whether each (users[i], history column code[i]) pair is in that user's history (code
+    -1: the track is in nobody's history), by a sorted search of (user, column) keys."""
     hist = batch.history_matrix
     if hist.nnz == 0:
         return np.zeros(len(users), dtype=bool)
-    code = pd.Index(batch.history_ids).get_indexer(track_ids)  # -1: in nobody's history
-    width = len(batch.history_ids)
+    width = hist.shape[1]
     owner = np.repeat(np.arange(hist.shape[0]), np.diff(hist.indptr))
     keys = np.sort(owner.astype(np.int64) * width + hist.indices)
     probe = users.astype(np.int64) * width + code
@@ -523,20 +542,27 @@ def _one_user(inputs: UserInputs, u: int) -> UserInputs:
     )  # fmt: skip
 
 
-def _first_n_per_user(
-    frame: pd.DataFrame, users: np.ndarray, n_users: int, n: int, base: str
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """Rows already grouped by user (ascending) and ranked -> each user's first n, finished
-    as a report table, and the (n_users + 1,) offsets of each user's rows."""
-    counts = np.bincount(users, minlength=n_users)
+@dataclass(frozen=True)
+class _Hits:
+    """Each user's ranked results, grouped by user (ascending), best first."""
+
+    users: np.ndarray  # (H,) user within the block
+    track: np.ndarray  # (H,) row of the block's distinct tracks
+    base: np.ndarray  # (H,) similarity or decoder score
+    score: np.ndarray  # (H,) final score
+    why: np.ndarray | None = None  # (H,) str: the hybrid's reason (None: no such column)
+
+
+def _first_n_per_user(hits: _Hits, n_users: int, n: int) -> _Hits:
+    """Each user's first n hits, base and score rounded to the 6 decimals that float32 inputs
+    support."""
+    counts = np.bincount(hits.users, minlength=n_users)
     start = np.cumsum(counts) - counts
-    rank = np.arange(len(users)) - start[users]
-    keep = rank < n
-    frame = frame[keep].reset_index(drop=True)
-    offsets = np.concatenate([[0], np.cumsum(np.minimum(counts, n))])
-    table = finish_table(frame, base)
-    table["rank"] = rank[keep] + 1
-    return table, offsets
+    keep = np.arange(len(hits.users)) - start[hits.users] < n
+    return _Hits(
+        hits.users[keep], hits.track[keep], np.round(hits.base[keep], 6),
+        np.round(hits.score[keep], 6), None if hits.why is None else hits.why[keep],
+    )  # fmt: skip
 
 
 def _padded(rows: sp.csr_matrix, size: int) -> sp.csr_matrix:
@@ -564,14 +590,36 @@ def write_discoveries(
 ) -> Iterator[tuple[DiscoveryBlock, list[tuple[Path, Path]]]]:
     """Discover ``batch`` block by block and write each block: per-user report and DNA files
     under ``out_dir``, or, with ``long_table``, one Parquet table for everyone (renamed into
-    place after the last block). Yields each block and its files (none for the long table)."""
+    place after the last block). Yields each block and its files (none for the long table).
+
+    A block is written by a second thread while the next one is computed (at most two blocks
+    in memory); blocks are written, and yielded, in order.
+    """
     columns = tuple(found.scaler.columns)
     if long_table is None:
         writer = ReportWriter(out_dir, label, columns)
-        for block in found.discover_blocks(batch, None, mode):
-            yield block, writer.write_block(block)
+        yield from _overlapped(found.discover_blocks(batch, None, mode), writer.write_block)
         return
     with LongTableWriter(long_table).open() as table:
-        for block in found.discover_blocks(batch, None, mode):
+
+        def write(block: DiscoveryBlock) -> list[tuple[Path, Path]]:
             table.write_block(block)
-            yield block, []
+            return []
+
+        yield from _overlapped(found.discover_blocks(batch, None, mode), write)
+
+
+def _overlapped(
+    blocks: Iterator[DiscoveryBlock], write: Callable[[DiscoveryBlock], list[tuple[Path, Path]]]
+) -> Iterator[tuple[DiscoveryBlock, list[tuple[Path, Path]]]]:
+    """``(block, write(block))`` for each block, each write overlapping the next block's
+    computation."""
+    with ThreadPoolExecutor(1) as pool:
+        pending: tuple[DiscoveryBlock, Future] | None = None
+        for block in blocks:
+            job = pool.submit(write, block)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (block, job)
+        if pending is not None:
+            yield pending[0], pending[1].result()

@@ -11,6 +11,7 @@ path components that cannot leave the output folder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ Mode = Literal["standard", "gems", "new-artists", "gems-new-artists"]
 Source = Literal["db", "catalogue"]
 TEXT_COLUMNS = ("track_id", "track_name", "artists")
 _SPOTIFY_TRACK = "https://open.spotify.com/track/"
+_WRITE_USERS = 256  # users per Parquet row group of the long table
 
 
 def report_columns(base: str) -> list[str]:
@@ -62,8 +64,9 @@ class Discovery:
 
 @dataclass(frozen=True)
 class DiscoveryBlock:
-    """The results of a block of users in one long table: user u's rows are
-    ``table.iloc[offsets[u]:offsets[u + 1]]``, best first."""
+    """The results of a block of users as one long table, best first per user: result row r
+    is track ``row_track[r]`` of ``tracks`` (each distinct track once, so names are stored
+    once per block), and user u's rows are ``offsets[u]:offsets[u + 1]``."""
 
     users: np.ndarray  # (b,) user ids
     mode: Mode
@@ -71,15 +74,69 @@ class DiscoveryBlock:
     dna: np.ndarray  # (b, f) standardised
     dna_raw: np.ndarray  # (b, f) original units
     dna_percentile: np.ndarray  # (b, f) 0..100
-    table: pd.DataFrame  # report_columns(base)
+    tracks: pa.Table  # distinct tracks: track_id, track_name, artists, popularity, spotify_url
+    row_track: np.ndarray  # (R,) row of ``tracks``
+    base: str  # "similarity" (database) or "decoder_score" (catalogue)
+    base_values: np.ndarray  # (R,) rounded to 6 decimals
+    score: np.ndarray  # (R,) rounded to 6 decimals
     offsets: np.ndarray  # (b + 1,)
-
-    @property
-    def base(self) -> str:
-        return "similarity" if "similarity" in self.table.columns else "decoder_score"
+    why: np.ndarray | None = None  # (R,) str: the hybrid's reason per row (None: no column)
 
     def __len__(self) -> int:
         return len(self.users)
+
+    @property
+    def rank(self) -> np.ndarray:
+        """(R,) 1-based rank of each row within its user."""
+        counts = np.diff(self.offsets)
+        return np.arange(len(self.row_track)) - np.repeat(self.offsets[:-1], counts) + 1
+
+    @functools.cached_property
+    def table(self) -> pd.DataFrame:
+        """Every row as a report table (report_columns(base))."""
+        import pyarrow as pa
+
+        frame = self.tracks.take(pa.array(self.row_track)).to_pandas()
+        frame.insert(0, "rank", self.rank)
+        frame.insert(5, self.base, self.base_values)
+        frame.insert(6, "score", self.score)
+        columns = report_columns(self.base)
+        if self.why is not None:  # the hybrid's reason, after the numbers
+            frame["why"] = self.why
+            columns.insert(columns.index("spotify_url"), "why")
+        return frame[columns]
+
+    def arrow(self, safe_text: bool = False, users: slice = slice(None)) -> pa.Table:
+        """The rows of ``users`` (default all) as an Arrow table (report_columns(base), and
+        ``why`` when the block has it); ``safe_text`` neutralises the text as the CSV reports
+        need."""
+        import pyarrow as pa
+
+        first, last, _ = users.indices(len(self.users))
+        rows = slice(int(self.offsets[first]), int(self.offsets[max(first, last)]))
+        distinct = self._safe_tracks if safe_text else self._plain_tracks
+        tracks = distinct.take(pa.array(self.row_track[rows]))
+        columns = {"rank": pa.array(self.rank[rows])}
+        for name in ("track_id", "track_name", "artists", "popularity"):
+            columns[name] = tracks.column(name)
+        columns[self.base] = pa.array(self.base_values[rows])
+        columns["score"] = pa.array(self.score[rows])
+        if self.why is not None:
+            why = pa.array(self.why[rows], pa.string())
+            columns["why"] = _safe_text(why) if safe_text else why
+        columns["spotify_url"] = tracks.column("spotify_url")
+        return pa.table(columns)
+
+    @property
+    def _plain_tracks(self) -> pa.Table:
+        return self.tracks
+
+    @functools.cached_property
+    def _safe_tracks(self) -> pa.Table:
+        safe = {c: self.tracks.column(c) for c in self.tracks.column_names}
+        for c in TEXT_COLUMNS:
+            safe[c] = _safe_text(safe[c])
+        return type(self.tracks).from_pydict(safe)
 
     def discovery(self, u: int) -> Discovery:
         rows = self.table.iloc[self.offsets[u] : self.offsets[u + 1]].reset_index(drop=True)
@@ -90,6 +147,32 @@ class DiscoveryBlock:
 
     def discoveries(self) -> list[Discovery]:
         return [self.discovery(u) for u in range(len(self.users))]
+
+
+def track_table(meta: pa.Table) -> pa.Table:
+    """Distinct tracks (``meta``: track_id and any of track_name, artists, popularity) with
+    the report's track columns: blank text and null popularity where the source has none,
+    and their Spotify links."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = meta.num_rows
+    ids = meta.column("track_id").cast(pa.string())
+    columns = {"track_id": ids}
+    for col in ("track_name", "artists"):
+        if col in meta.column_names:
+            columns[col] = pc.fill_null(meta.column(col).cast(pa.string()), "")
+        else:
+            columns[col] = pa.array([""] * n, pa.string())
+    pop = np.full(n, np.nan)
+    if "popularity" in meta.column_names:
+        pop = meta.column("popularity").to_numpy().astype(np.float64)
+    columns["popularity"] = pa.array(pop, from_pandas=True)  # NaN -> null
+    bare = pc.replace_substring_regex(ids, "^spotify:track:", "")
+    is_spotify = pc.fill_null(pc.match_substring_regex(bare, "^[0-9A-Za-z]{22}$"), False)
+    link = pc.binary_join_element_wise(_SPOTIFY_TRACK, bare, "")
+    columns["spotify_url"] = pc.if_else(is_spotify, link, "")
+    return pa.table(columns)
 
 
 def spotify_url(track_id: str) -> str:
@@ -141,8 +224,9 @@ def user_folder_name(user_id: str) -> str:
 def report_paths(out_dir: str | Path, user: str, label: str, mode: str) -> tuple[Path, Path]:
     """(report, DNA) paths of one user, checked to stay inside ``out_dir``."""
     name = user_folder_name(user)
+    folder = path_inside(out_dir, name)  # the file names below are plain components
     stem = f"{name}_{label}_{mode}"
-    return path_inside(out_dir, name, f"{stem}.csv"), path_inside(out_dir, name, f"{stem}_dna.csv")
+    return folder / f"{stem}.csv", folder / f"{stem}_dna.csv"
 
 
 def dna_frame(
@@ -181,18 +265,9 @@ def _safe_text(values: pa.Array) -> pa.Array:
     return pc.replace_substring(values, "\r", "\n")
 
 
-def _csv_table(frame: pd.DataFrame, text_columns: tuple[str, ...]) -> pa.Table:
-    """A frame as an Arrow table ready for CSV: safe text, NaN as empty cells."""
-    import pyarrow as pa
-
-    columns = {}
-    for col in frame.columns:
-        values = frame[col].to_numpy()
-        if col in text_columns:
-            columns[col] = _safe_text(pa.array(values.astype(object), pa.string()))
-        else:
-            columns[col] = pa.array(values, from_pandas=True)
-    return pa.table(columns)
+def _number(value: float) -> str:
+    """A float as a CSV cell: the shortest text that reads back the same; empty for NaN."""
+    return "" if value != value else repr(float(value))
 
 
 def _write_csv(table: pa.Table, fh: IO[bytes]) -> None:
@@ -210,22 +285,50 @@ class ReportWriter:
         self.out_dir = Path(out_dir)
         self.label = label
         self.feature_columns = tuple(feature_columns)
+        self._root = self.out_dir.resolve()
+
+    def paths(self, user: str, mode: str) -> tuple[Path, Path]:
+        """:func:`report_paths`, resolving only the output folder once: a user's folder name
+        is one plain component, so only a symbolic link in its place could lead elsewhere."""
+        name = user_folder_name(user)
+        folder = self._root / name
+        if folder.is_symlink():
+            return report_paths(self.out_dir, user, self.label, mode)
+        stem = f"{name}_{self.label}_{mode}"
+        return folder / f"{stem}.csv", folder / f"{stem}_dna.csv"
+
+    @functools.cached_property
+    def _features(self) -> list[str]:
+        """Feature names as quoted, neutralised CSV cells."""
+        cells = []
+        for name in self.feature_columns:
+            text = str(neutralise_formula(name)).replace("\r\n", "\n").replace("\r", "\n")
+            cells.append('"' + text.replace('"', '""') + '"')
+        return cells
+
+    def _dna_csv(self, block: DiscoveryBlock, u: int) -> bytes:
+        """One user's DNA file: 12 rows, written as text (an Arrow writer per tiny file costs
+        more than the file)."""
+        rows = ["feature,value,standardised,percentile"]
+        for j, cell in enumerate(self._features):
+            values = (block.dna_raw[u, j], block.dna[u, j], block.dna_percentile[u, j])
+            rows.append(cell + "," + ",".join(_number(v) for v in values))
+        return ("\n".join(rows) + "\n").encode("utf-8")
 
     def write_block(self, block: DiscoveryBlock) -> list[tuple[Path, Path]]:
         """Write every user's two files; they appear together when the block is done."""
-        table = _csv_table(block.table, TEXT_COLUMNS)
         paths = []
         with atomic_batch() as batch:
             for u, user in enumerate(block.users):
-                report, dna = report_paths(self.out_dir, str(user), self.label, block.mode)
-                a, b = int(block.offsets[u]), int(block.offsets[u + 1])
+                if u % _WRITE_USERS == 0:  # the rows of the next users, with safe text
+                    table = block.arrow(safe_text=True, users=slice(u, u + _WRITE_USERS))
+                    first = int(block.offsets[u])
+                report, dna = self.paths(str(user), block.mode)
+                a, b = int(block.offsets[u]) - first, int(block.offsets[u + 1]) - first
                 with batch.open(report) as fh:
                     _write_csv(table.slice(a, b - a), fh)
-                frame = dna_frame(
-                    self.feature_columns, block.dna_raw[u], block.dna[u], block.dna_percentile[u]
-                )
                 with batch.open(dna) as fh:
-                    _write_csv(_csv_table(frame, ("feature",)), fh)
+                    fh.write(self._dna_csv(block, u))
                 paths.append((report, dna))
         return paths
 
@@ -254,32 +357,32 @@ class LongTableWriter:
             if not tmp.stat().st_size:  # no block at all: still a readable, empty table
                 pq.write_table(self._arrow(None), tmp)
 
-    def _arrow(self, block: DiscoveryBlock | None) -> pa.Table:
+    def _arrow(self, block: DiscoveryBlock | None, users: slice = slice(None)) -> pa.Table:
         import pyarrow as pa
 
         if block is None:
             fields = [("user", pa.string()), ("rank", pa.int64()), ("track_id", pa.string()),
                       ("score", pa.float64())]  # fmt: skip
             return pa.table({n: pa.array([], t) for n, t in fields})
-        t = block.table
-        users = np.repeat(np.asarray(block.users, dtype=object), np.diff(block.offsets))
-        columns = {"user": pa.array(users.astype(str), pa.string())}
-        columns["rank"] = pa.array(t["rank"].to_numpy(np.int64))
-        columns["track_id"] = pa.array(t["track_id"].to_numpy(dtype=object), pa.string())
-        columns["score"] = pa.array(t["score"].to_numpy(np.float64))
-        for col in ("track_name", "artists"):
-            columns[col] = pa.array(t[col].to_numpy(dtype=object).astype(str), pa.string())
-        columns["popularity"] = pa.array(t["popularity"].to_numpy(np.float64), from_pandas=True)
-        columns[block.base] = pa.array(t[block.base].to_numpy(np.float64))
+        rows = block.arrow(users=users)
+        first, last, _ = users.indices(len(block.users))
+        owner = np.repeat(np.arange(first, last), np.diff(block.offsets[first : last + 1]))
+        names = pa.array(np.asarray(block.users, dtype=object).astype(str), pa.string())
+        columns = {"user": names.take(pa.array(owner))}
+        for name in ("rank", "track_id", "score", "track_name", "artists", "popularity"):
+            columns[name] = rows.column(name)
+        columns[block.base] = rows.column(block.base)
         return pa.table(columns)
 
     def write_block(self, block: DiscoveryBlock) -> None:
+        """Append the block, ``_WRITE_USERS`` users at a time (one row group each)."""
         import pyarrow.parquet as pq
 
-        table = self._arrow(block)
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self._tmp, table.schema)
-        self._writer.write_table(table)
+        for a in range(0, len(block.users), _WRITE_USERS):
+            table = self._arrow(block, slice(a, a + _WRITE_USERS))
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self._tmp, table.schema)
+            self._writer.write_table(table)
 
 
 # ----------------------------------------------------------------------------- text

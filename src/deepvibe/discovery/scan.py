@@ -48,7 +48,7 @@ _TILE_USERS = 256  # users per tile (then 2,048 tracks)
 _MAX_WORKERS = 8
 _MIN_USERS_PER_WORKER = 64
 _PAIR_PIECE = 1 << 18  # (user, track) pairs scored exactly at once
-_SAMPLE = 32_768  # database rows behind each user's estimated floor
+_SAMPLE = 16_384  # database rows behind each user's estimated floor
 _MARGIN = 3  # the floor aims at _MARGIN * k tracks, so falling short of k is very unlikely
 _SIM_TOLERANCE = 4e-6  # bound on |float32 - exact| similarity of two unit 12-vectors, with margin
 
@@ -119,6 +119,17 @@ class DnaScorer:
         self.gems_lambda = gems_lambda
         self.popularity_ceiling = popularity_ceiling
         self.tolerance = _SIM_TOLERANCE * (1.0 + (gems_lambda or 0.0))
+
+    def signature(self) -> tuple[object, ...]:
+        """What :meth:`prepare` depends on: chunks prepared for an equal signature are equal."""
+        scaler = (self.mean.tobytes(), self.std.tobytes())
+        return (type(self).__name__, self.method, scaler, self.gems_lambda, self.popularity_ceiling)
+
+    def similarity_of(self, score: np.ndarray, popularity: np.ndarray) -> np.ndarray:
+        """The similarity part of final scores: the score plus the gems penalty, if any."""
+        if self.gems_lambda is None:
+            return score
+        return score + self.gems_lambda * popularity.astype(np.float32).astype(np.float64) / 100
 
     def select(self, users: np.ndarray) -> DnaScorer:
         return DnaScorer(
@@ -204,6 +215,51 @@ def _estimated_floor(db: TrackDatabase, scorer: ChunkScorer, k: int) -> np.ndarr
     return np.where(np.isfinite(floor), floor, -np.inf)
 
 
+class PreparedChunks:
+    """Prepared database chunks kept across the scans of one Discoverer, for scorers of one
+    ``signature()``, as long as they fit in ``max_bytes`` (256 MiB: a 1,000,000-track database
+    takes about 150); a bigger database is prepared afresh in every pass, so memory stays
+    bounded."""
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.chunks: dict[tuple[int, int], Any] = {}
+        self.bytes = 0
+        self.full = False
+
+    def get(self, start: int, size: int, make: Any) -> Any:
+        if (start, size) in self.chunks:
+            return self.chunks[start, size]
+        prepared = make()
+        if not self.full:
+            nbytes = sum(getattr(v, "nbytes", 0) for v in prepared.values())
+            if self.bytes + nbytes <= self.max_bytes:
+                self.chunks[start, size] = prepared
+                self.bytes += nbytes
+            else:
+                self.full = True
+                self.chunks.clear()
+        return prepared
+
+
+def _chunks(db: TrackDatabase, chunk_size: int, scorer: ChunkScorer, cache: PreparedChunks | None):
+    """(start, size, prepared) per chunk; from ``cache`` when it holds them (no read)."""
+    if cache is not None and not cache.full and cache.chunks:
+        starts = sorted(cache.chunks)
+        if sum(size for _, size in starts) == db.n_tracks and all(
+            size == min(chunk_size, db.n_tracks - start) for start, size in starts
+        ):
+            for start, size in starts:
+                yield start, size, cache.chunks[start, size]
+            return
+    for start, raw, pop in db.chunks(chunk_size):
+        chunk = TrackChunk(start, raw.T, pop)
+        if cache is None:
+            yield start, len(raw), scorer.prepare(chunk)
+        else:
+            yield start, len(raw), cache.get(start, len(raw), lambda c=chunk: scorer.prepare(c))
+
+
 def _one_pass(
     db: TrackDatabase,
     scorer: ChunkScorer,
@@ -211,6 +267,7 @@ def _one_pass(
     chunk_size: int,
     floor: np.ndarray,
     bar: Any,
+    cache: PreparedChunks | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The scan proper: every chunk once; its users split between worker threads (each with
     its own streaming top k), each scoring tiles of (users x tracks) that stay in cache."""
@@ -219,13 +276,12 @@ def _one_pass(
     bounds = np.linspace(0, n_users, n_workers + 1).astype(int)
     groups = [_UserGroup(int(a), int(b), k, floor[a:b]) for a, b in itertools.pairwise(bounds)]
     with _single_threaded_blas(), ThreadPoolExecutor(n_workers) as pool:
-        for start, raw, pop in db.chunks(chunk_size):
-            prepared = scorer.prepare(TrackChunk(start, raw.T, pop))
-            jobs = [pool.submit(g.score_chunk, scorer, prepared, start, len(raw)) for g in groups]
+        for start, size, prepared in _chunks(db, chunk_size, scorer, cache):
+            jobs = [pool.submit(g.score_chunk, scorer, prepared, start, size) for g in groups]
             for job in jobs:
                 job.result()
-            bar.update(raw.shape[0])
-            del prepared, raw, pop  # before the next chunk is read: peak = one chunk
+            bar.update(size)
+            del prepared  # before the next chunk is read: peak = one chunk (or the cache)
     results = [g.best.result() for g in groups]
     return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
 
@@ -314,6 +370,7 @@ def scan(
     k: int,
     chunk_size: int = 262_144,
     progress: bool | None = None,
+    cache: PreparedChunks | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k best database rows for each of the scorer's users, in one pass over ``db``.
 
@@ -331,13 +388,13 @@ def scan(
         disable=None if progress is None else not progress, leave=False,
     )  # fmt: skip
     try:
-        rows, scores = _one_pass(db, scorer, k, chunk_size, floor, bar)
+        rows, scores = _one_pass(db, scorer, k, chunk_size, floor, bar, cache)
         redo = np.flatnonzero(np.isfinite(floor) & (rows[:, -1] < 0))
         if len(redo):
             log.debug("scan: %d users again without an estimated floor", len(redo))
             bar.reset()
             rows[redo], scores[redo] = _one_pass(
-                db, scorer.select(redo), k, chunk_size, np.full(len(redo), -np.inf), bar
+                db, scorer.select(redo), k, chunk_size, np.full(len(redo), -np.inf), bar, cache
             )
     finally:
         bar.close()

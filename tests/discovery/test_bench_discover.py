@@ -1,0 +1,23 @@
+"""The discover benchmark runs only the parts asked for."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_discover.py"
+
+
+def _bench():  # noqa: ANN202 - the script as a module
+    spec = importlib.util.spec_from_file_location("bench_discover", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_defect10_bench_discover_runs_the_10m_test_only_when_asked() -> None:
+    bench = _bench()
+    assert bench.plan(bench.parse_args(["--tracks", "100000"])) == ["speed"]
+    asked = bench.parse_args(["--tracks", "100000", "--big", "10000000", "--batch", "2000"])
+    assert bench.plan(asked) == ["speed", "batch", "memory"]
