@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import os
 import tempfile
@@ -409,3 +410,39 @@ def path_inside(base: str | os.PathLike[str], *parts: str) -> Path:
     if candidate != root and root not in candidate.parents:
         raise DeepVibeError(f"refusing to write outside {base}: {'/'.join(parts)}")
     return candidate
+
+
+HASH_BLOCK = 1 << 20  # bytes hashed at a time
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a whole file, read a block at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class HashingReader(io.RawIOBase):
+    """A binary file whose bytes also go through a hash as they are read (so a file parsed
+    once is also hashed once, e.g. to key a cache on its whole content)."""
+
+    def __init__(self, raw: IO[bytes], digest: Any) -> None:
+        super().__init__()
+        self._raw = raw
+        self._digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - a writable buffer
+        n = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        if n:
+            self._digest.update(memoryview(buffer)[:n])
+        return n or 0
+
+    def drain(self) -> None:
+        """Hash whatever the parser did not read (nothing, normally)."""
+        while block := self._raw.read(HASH_BLOCK):
+            self._digest.update(block)

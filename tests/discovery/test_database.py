@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import deepvibe.data.tables as tables_mod
 from deepvibe.data.tables import FeatureScaler
 from deepvibe.discovery import database as dbm
 from deepvibe.discovery import scan as sc
@@ -62,14 +63,14 @@ def test_defect6_cache_build_streams_the_source_in_chunks(toy, tmp_path, monkeyp
     toy.database.to_csv(tmp_path / "whole.csv", index=False)
     whole = _open(tmp_path / "whole.csv")
     sizes: list[int] = []
-    parse = dbm._parse_frame
+    parse = tables_mod._track_chunk  # the one track-table reader's chunk parser
 
     def spy(frame, *args, **kwargs):  # noqa: ANN001, ANN202
         sizes.append(len(frame))
         return parse(frame, *args, **kwargs)
 
     monkeypatch.setattr(dbm, "PARSE_ROWS", 700)
-    monkeypatch.setattr(dbm, "_parse_frame", spy)
+    monkeypatch.setattr(tables_mod, "_track_chunk", spy)
     toy.database.to_csv(tmp_path / "pieces.csv", index=False)
     pieces = _open(tmp_path / "pieces.csv")
     assert max(sizes) == 700 and sum(sizes) == len(toy.database) and len(sizes) == 5

@@ -16,11 +16,14 @@ array.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,8 +35,11 @@ from deepvibe.data.ids import normalize_track_ids
 from deepvibe.data.time import TimeAxis, Times, parse_times
 from deepvibe.errors import DataError, DeepVibeError
 from deepvibe.fileio import (
+    HASH_BLOCK,
+    HashingReader,
     check_input_file,
     csv_separator,
+    file_sha256,
     first_line,
     is_parquet,
     not_utf8_error,
@@ -192,10 +198,12 @@ def iter_chunks(
     text_cols: Collection[str],
     what: str,
     rows: int | None = None,
+    digest: Any = None,
 ) -> Iterator[pd.DataFrame]:
     """``columns`` (None: all, and a row with more fields than the header is an error) of a CSV
     or Parquet file, ``rows`` (default CHUNK_ROWS) rows at a time, with one-line errors naming
-    the file."""
+    the file. ``digest`` (a hashlib object) receives the whole file's bytes as a CSV is parsed
+    (a Parquet file's SHA-256 after its last chunk)."""
     rows = rows or CHUNK_ROWS
     try:
         if is_parquet(path):
@@ -203,17 +211,28 @@ def iter_chunks(
 
             for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
                 yield batch.to_pandas()
+            if digest is not None:
+                digest.update(bytes.fromhex(file_sha256(path)))
             return
-        reader = pd.read_csv(
-            path,
-            usecols=columns,
-            dtype={c: str for c in text_cols},
-            chunksize=rows,
-            encoding="utf-8-sig",
-            sep=csv_separator(path),
-        )
-        with reader:
-            yield from reader
+        with contextlib.ExitStack() as stack:
+            source: Any = path
+            hashing = None
+            if digest is not None:
+                raw = stack.enter_context(open(path, "rb"))
+                hashing = HashingReader(raw, digest)
+                source = stack.enter_context(io.BufferedReader(hashing, buffer_size=HASH_BLOCK))
+            reader = pd.read_csv(
+                source,
+                usecols=columns,
+                dtype={c: str for c in text_cols},
+                chunksize=rows,
+                encoding="utf-8-sig",
+                sep=csv_separator(path),
+            )
+            with reader:
+                yield from reader
+            if hashing is not None:
+                hashing.drain()
     except DeepVibeError:
         raise
     except UnicodeDecodeError as exc:
@@ -765,6 +784,9 @@ def iter_track_table(
     hints: Mapping[str, str] | None = None,
     blank_popularity_unknown: bool = False,
     stats: TrackReadStats | None = None,
+    digest: Any = None,
+    rows: int | None = None,
+    new_ids: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[TrackTable]:
     """Read track tables CHUNK_ROWS rows at a time: the one track-table reader.
 
@@ -782,7 +804,10 @@ def iter_track_table(
     (``drop_incomplete``), or are kept with ``complete`` False (``keep_incomplete``; then blank
     ids are skipped and counted, not an error). Without ``keep_incomplete`` a track id seen
     before (after normalising) is skipped, so the first complete row of each id wins.
-    ``stats`` receives the counts.
+    ``stats`` receives the counts. ``digest`` hashes the files as they are parsed (see
+    :func:`iter_chunks`), ``rows`` sets the chunk size, and ``new_ids`` (ids -> mask of the
+    first occurrences) replaces the set of seen ids (e.g. a sorted array of 64-bit hashes for
+    millions of tracks).
     """
     paths = [Path(p) for p in ([path] if isinstance(path, (str, os.PathLike)) else path)]
     hints = hints or CONFIG_HINTS
@@ -805,17 +830,20 @@ def iter_track_table(
         stats.files.append(p)
         text_cols = [c for c in (spec.id, spec.name, spec.artist) if c]
         start = stats.n_rows
-        for chunk in iter_chunks(p, spec.usecols, text_cols, what):
+        for chunk in iter_chunks(p, spec.usecols, text_cols, what, rows, digest):
             offset = stats.n_rows - start
             stats.n_rows += len(chunk)
             table = _track_chunk(chunk.reset_index(drop=True), spec, offset, stats, policy)
             if not keep_incomplete:
-                fresh = ~pd.Index(table.track_ids).duplicated(keep="first")
-                if seen:
-                    fresh &= np.fromiter((t not in seen for t in table.track_ids), bool)
+                if new_ids is not None:
+                    fresh = new_ids(table.track_ids)
+                else:
+                    fresh = ~pd.Index(table.track_ids).duplicated(keep="first")
+                    if seen:
+                        fresh &= np.fromiter((t not in seen for t in table.track_ids), bool)
+                    seen.update(table.track_ids[fresh].tolist())
                 stats.n_duplicates += int((~fresh).sum())
                 table = table.take(np.flatnonzero(fresh))
-                seen.update(table.track_ids.tolist())
             yield table
         if stats.n_rows == start:
             raise DataError(f"{p}: {what} file has a header but no rows")

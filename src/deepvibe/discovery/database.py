@@ -16,7 +16,6 @@ the same.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -27,17 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepvibe.data.ids import normalize_track_ids
-from deepvibe.data.tables import TrackTable
+from deepvibe.data.tables import TrackReadStats, TrackTable, iter_track_table
 from deepvibe.errors import DataError, DeepVibeError
 from deepvibe.fileio import (
     atomic_path,
-    check_input_file,
-    csv_separator,
-    first_line,
-    is_parquet,
-    not_utf8_error,
-    read_csv_header,
+    file_sha256,
 )
 
 log = logging.getLogger(__name__)
@@ -63,37 +56,6 @@ def _stat_key(path: Path) -> dict[str, int]:
         "mtime_ns": st.st_mtime_ns,
         "ctime_ns": st.st_ctime_ns,
     }
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class _HashingReader(io.RawIOBase):
-    """A binary file whose bytes also go through a hash as they are read."""
-
-    def __init__(self, raw: io.BufferedReader, digest: hashlib._Hash) -> None:
-        super().__init__()
-        self._raw = raw
-        self._digest = digest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - a writable buffer
-        n = self._raw.readinto(buffer)
-        if n:
-            self._digest.update(memoryview(buffer)[:n])
-        return n or 0
-
-    def drain(self) -> None:
-        """Hash whatever the parser did not read (nothing, normally)."""
-        while block := self._raw.read(_HASH_BLOCK):
-            self._digest.update(block)
 
 
 def cache_path_for(source: str | Path) -> Path:
@@ -164,122 +126,27 @@ class _ParseLedger:
         return fresh
 
 
-def _normalised_ids(ids: pd.Series) -> np.ndarray:
-    """The one id normaliser (:func:`deepvibe.data.ids.normalize_track_ids`) on a column."""
-    return normalize_track_ids(ids)
-
-
-def _parse_frame(
-    frame: pd.DataFrame, offset: int, cols: TrackColumnNames, path: Path, ledger: _ParseLedger
-) -> TrackTable:
-    """One chunk of source rows -> the complete, first-seen tracks among them.
-
-    Rules (those of ``data.tables.load_track_table`` with ``drop_incomplete``): a blank id is
-    an error; a missing, non-numeric or infinite feature skips the row (counted); a popularity
-    outside 0..100 is an error, a blank one means unknown (kept as NaN); duplicate ids keep
-    their first row.
-    """
-    ledger.rows += len(frame)
-    ids = frame[cols.track]
-    blank = (ids.isna() | (ids.astype(str).str.strip() == "")).to_numpy()
-    if blank.any():
-        row = offset + int(np.flatnonzero(blank)[0]) + 2
-        raise DataError(f"{path}: column {cols.track!r} row {row} has no track id")
-    feats = np.empty((len(frame), len(cols.features)), dtype=np.float64)
-    complete = np.ones(len(frame), dtype=bool)
-    for j, col in enumerate(cols.features):
-        values = pd.to_numeric(frame[col], errors="coerce")
-        text = (values.isna() & frame[col].notna()).to_numpy()
-        if text.any():
-            bad_value = frame[col].iloc[int(np.flatnonzero(text)[0])]
-            problem = f"is not a number ({bad_value!r}); audio features must be numeric"
-            ledger.note(text, offset, col, problem)
-        feats[:, j] = values.to_numpy(dtype=np.float64)
-        missing = ~np.isfinite(feats[:, j]) & ~text
-        ledger.note(missing, offset, col, "is missing, NaN or infinite; fill or drop that track")
-        complete &= ~(text | missing)
-    popularity = None
-    if cols.popularity and cols.popularity in frame.columns:
-        popularity = np.array(pd.to_numeric(frame[cols.popularity], errors="coerce"), float)
-        popularity[~np.isfinite(popularity)] = np.nan
-        wrong = np.isfinite(popularity) & ((popularity < 0) | (popularity > 100))
-        if wrong.any():
-            r = int(np.flatnonzero(wrong)[0])
-            raise DataError(
-                f"{path}: column {cols.popularity!r} row {offset + r + 2} is {popularity[r]}; "
-                "popularity must be in 0..100"
-            )
-
-    def text_column(name: str | None) -> np.ndarray | None:
-        if not name or name not in frame.columns:
-            return None
-        return frame[name].fillna("").astype(str).to_numpy(dtype=object)
-
-    table = TrackTable(
-        _normalised_ids(ids), feats, cols.features, popularity,
-        text_column(cols.name), text_column(cols.artist),
-    )  # fmt: skip
-    ledger.incomplete += int((~complete).sum())
-    table = table.take(np.flatnonzero(complete))
-    table = table.take(np.flatnonzero(ledger.new_ids(table.track_ids)))
-    if table.popularity is not None:
-        ledger.unknown_popularity += int(np.isnan(table.popularity).sum())
-    return table
-
-
-def _source_frames(
-    path: Path, usecols: list[str], track_column: str, rows: int, digest: hashlib._Hash
-) -> Iterator[pd.DataFrame]:
-    """The source's rows, ``rows`` at a time; a CSV's bytes go through ``digest`` as parsed."""
-    if is_parquet(path):
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=usecols):
-            frame = batch.to_pandas()
-            frame[track_column] = (
-                frame[track_column].astype(object).where(frame[track_column].notna(), None)
-            )
-            yield frame
-        digest.update(bytes.fromhex(_file_sha256(path)))
-        return
-    with open(path, "rb") as raw:
-        reader = _HashingReader(raw, digest)
-        with io.BufferedReader(reader, buffer_size=_HASH_BLOCK) as buffered:
-            yield from pd.read_csv(
-                buffered, usecols=usecols, dtype={track_column: str}, encoding="utf-8-sig",
-                sep=csv_separator(path), chunksize=rows,
-            )  # fmt: skip
-            reader.drain()
-
-
 def iter_track_chunks(
     path: str | Path, cols: TrackColumnNames, ledger: _ParseLedger, digest: hashlib._Hash
 ) -> Iterator[TrackTable]:
-    """The database's complete, unique tracks, parsed ``PARSE_ROWS`` source rows at a time."""
-    p = check_input_file(path, WHAT)
-    header = read_csv_header(p, WHAT)
-    required = [cols.track, *cols.features]
-    missing = [c for c in required if c not in header]
-    if missing:
-        shown = ", ".join(header[:10]) + (", ..." if len(header) > 10 else "")
-        raise DataError(
-            f"{p}: {WHAT} file has no column {', '.join(repr(m) for m in missing)} "
-            f"(columns: {shown}); fix the file or data.feature_columns / the id column setting"
-        )
-    optional = [c for c in (cols.popularity, cols.name, cols.artist) if c and c in header]
-    usecols = list(dict.fromkeys(required + [c for c in optional if c not in required]))
+    """The database's complete, unique tracks, ``PARSE_ROWS`` source rows at a time: the one
+    track-table reader (:func:`deepvibe.data.tables.iter_track_table`: incomplete rows skipped
+    and counted, a blank popularity kept as unknown, the first row of a repeated id kept, by
+    the ledger's 64-bit id hashes) while ``digest`` hashes the whole file."""
+    stats = TrackReadStats()
     try:
-        for frame in _source_frames(p, usecols, cols.track, PARSE_ROWS, digest):
-            offset = ledger.rows
-            yield _parse_frame(frame, offset, cols, p, ledger)
-    except DeepVibeError:
-        raise
-    except UnicodeDecodeError as exc:
-        raise not_utf8_error(p, WHAT) from exc
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as exc:
-        raise DataError(f"{p}: cannot parse {WHAT} file ({first_line(exc)})") from exc
-    if ledger.rows == 0:
-        raise DataError(f"{p}: {WHAT} file has a header but no rows")
+        for table in iter_track_table(
+            path, cols.track, cols.features, cols.popularity, cols.name, cols.artist,
+            what=WHAT, drop_incomplete=True, blank_popularity_unknown=True, stats=stats,
+            digest=digest, rows=PARSE_ROWS, new_ids=ledger.new_ids,
+        ):  # fmt: skip
+            if table.popularity is not None:
+                ledger.unknown_popularity += int(np.isnan(table.popularity).sum())
+            yield table
+    finally:
+        ledger.rows, ledger.incomplete = stats.n_rows, stats.n_incomplete
+        if stats.first_bad is not None:
+            ledger.first_bad = stats.first_bad[1:]
 
 
 def _ledger_notes(path: Path, ledger: _ParseLedger) -> list[str]:
@@ -696,7 +563,7 @@ def _key_matches(key: dict[str, object], identity: dict[str, object], source: Pa
         return True
     if built.get("size") != now["size"]:
         return False
-    same = built.get("sha256") == _file_sha256(source)
+    same = built.get("sha256") == file_sha256(source)
     log.debug("database: %s has new file times; content %s", source, "same" if same else "new")
     return same
 
