@@ -50,7 +50,14 @@ from deepvibe.discovery.report import (
     track_table,
 )
 from deepvibe.discovery.scan import DnaScorer, PreparedChunks, check_database, scan
-from deepvibe.discovery.signals import TILE, HybridScorer, TrackSpace, UserInputs, rank_space
+from deepvibe.discovery.signals import (
+    TILE,
+    HybridScorer,
+    TrackSpace,
+    UserInputs,
+    padded_rows,
+    rank_space,
+)
 from deepvibe.discovery.users import HistoryNames, UserBatch
 from deepvibe.errors import DataError
 from deepvibe.model.artist_cf import ArtistCF
@@ -179,7 +186,7 @@ class Discoverer:
         plays = _as_rows(user_plays, len(self.track_ids))
         out = np.empty((plays.shape[0], len(self.track_ids)), dtype=np.float32)
         for a in range(0, plays.shape[0], MODEL_ROWS):
-            rows = _padded(plays[a : a + MODEL_ROWS], MODEL_ROWS)
+            rows = padded_rows(plays[a : a + MODEL_ROWS], MODEL_ROWS)
             out[a : a + MODEL_ROWS] = encode_and_score(self.model, rows, self.track_features)[1][
                 : min(MODEL_ROWS, plays.shape[0] - a)
             ]
@@ -469,16 +476,8 @@ def hybrid_scorer(ck: Checkpoint, cfg: Config, database: TrackDatabase) -> Hybri
     cf_state = extras.get("artist_cf")
     artist_cf = ArtistCF.from_state(cf_state) if cf_state else None
     log.info("hybrid discovery: %s%s", weights, "" if artist_cf else " (no artist model)")
-    d = cfg.discover
-    return HybridScorer(
-        ck.model,
-        ck.track_features,
-        space,
-        weights,
-        d.temperature,
-        d.top_k,
-        artist_cf,
-        d.dna_anchor,
+    return HybridScorer.from_settings(
+        ck.model, ck.track_features, space, weights, cfg.discover, artist_cf
     )
 
 
@@ -563,13 +562,6 @@ def _first_n_per_user(hits: _Hits, n_users: int, n: int) -> _Hits:
         hits.users[keep], hits.track[keep], np.round(hits.base[keep], 6),
         np.round(hits.score[keep], 6), None if hits.why is None else hits.why[keep],
     )  # fmt: skip
-
-
-def _padded(rows: sp.csr_matrix, size: int) -> sp.csr_matrix:
-    if rows.shape[0] == size:
-        return rows
-    pad = sp.csr_matrix((size - rows.shape[0], rows.shape[1]), dtype=rows.dtype)
-    return sp.vstack([rows, pad], format="csr")
 
 
 def _as_rows(user_plays: sp.csr_matrix | np.ndarray, n_tracks: int) -> sp.csr_matrix:

@@ -18,6 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from deepvibe.config import DiscoverConfig
 from deepvibe.data.artists import artist_matrix
 from deepvibe.data.tables import FeatureScaler, TrackTable
 from deepvibe.discovery.dna import vibe_dna
@@ -133,9 +134,9 @@ class UserInputs:
             return out
 
         return UserInputs(
-            dense(self.dna), dense(self.dna_raw), _padded(self.shares[a:b], size),
+            dense(self.dna), dense(self.dna_raw), padded_rows(self.shares[a:b], size),
             None if self.collab is None else dense(self.collab), dense(self.decoder_z),
-            _padded(self.history[a:b], size), dense(self.usable),
+            padded_rows(self.history[a:b], size), dense(self.usable),
         )  # fmt: skip
 
 
@@ -171,6 +172,23 @@ class HybridScorer:
             )
             self.cf_artists = sp.csr_matrix(space.artists @ remap)
 
+    @classmethod
+    def from_settings(
+        cls,
+        model: HybridVAE,
+        catalogue_features: np.ndarray,
+        space: TrackSpace,
+        weights: HybridWeights,
+        settings: DiscoverConfig,
+        artist_cf: ArtistCF | None = None,
+    ) -> HybridScorer:
+        """The scorer with the DNA settings of a config's ``discover`` section."""
+        s = settings
+        return cls(
+            model, catalogue_features, space, weights, s.temperature, s.top_k, artist_cf,
+            s.dna_anchor,
+        )  # fmt: skip
+
     def user_inputs(self, history: sp.csr_matrix, catalogue_plays: sp.csr_matrix) -> UserInputs:
         """history: (U, n) plays over the space; catalogue_plays: (U, n_catalogue) plays.
 
@@ -186,8 +204,8 @@ class HybridScorer:
         device = next(self.model.parameters()).device
         for a in range(0, n_users, TILE):
             b = min(a + TILE, n_users)
-            profile = self._profile(_padded(history[a:b], TILE))
-            x = SparseRows.from_csr(_padded(catalogue_plays[a:b], TILE)).to(device)
+            profile = self._profile(padded_rows(history[a:b], TILE))
+            x = SparseRows.from_csr(padded_rows(catalogue_plays[a:b], TILE)).to(device)
             _, tile = score_rows(self.model, x.binary(), profile.to(device))
             tile_np = tile.float().cpu().numpy()
             scores[a:b] = tile_np[: b - a]
@@ -282,7 +300,7 @@ def rank_space(
     for a in range(0, n_users, TILE):  # fixed tiles: the same arithmetic for a user alone
         b = min(a + TILE, n_users)
         tile = users.padded(a, b, TILE)
-        masked = None if excluded is None else _padded(excluded[a:b], TILE)
+        masked = None if excluded is None else padded_rows(excluded[a:b], TILE)
         r, v = _rank_tile(scorer, tile, k, masked, penalty, chunk, weights)
         width = r.shape[1]
         rows_out[a:b, :width], scores_out[a:b, :width] = r[: b - a], v[: b - a]
@@ -318,7 +336,7 @@ def _rank_tile(
     return best_rows, best_scores
 
 
-def _padded(rows: sp.csr_matrix, size: int) -> sp.csr_matrix:
+def padded_rows(rows: sp.csr_matrix, size: int) -> sp.csr_matrix:
     """(b, m) -> (size, m): empty rows appended."""
     rows = sp.csr_matrix(rows)
     if rows.shape[0] == size:

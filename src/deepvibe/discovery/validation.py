@@ -93,16 +93,8 @@ class DatabaseValidator:
         return self.split.foldin.shape[0]
 
     def _scorer(self, model: HybridVAE) -> HybridScorer:
-        d = self.cfg.discover
-        return HybridScorer(
-            model,
-            self.features,
-            self.space,
-            self.weights,
-            d.temperature,
-            d.top_k,
-            self.artist_cf,
-            d.dna_anchor,
+        return HybridScorer.from_settings(
+            model, self.features, self.space, self.weights, self.cfg.discover, self.artist_cf
         )
 
     def score(self, model: HybridVAE) -> dict[str, float]:

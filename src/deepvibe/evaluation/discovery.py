@@ -253,16 +253,8 @@ def train_deepvibe(
     state = result.best_extras.get("artist_cf")
     artist_cf = ArtistCF.from_state(state) if state is not None else None
     space = TrackSpace.from_table(data.database, ds.scaler, ds.track_ids)
-    d = cfg.discover
-    scorer = HybridScorer(
-        result.model.cpu(),
-        ds.track_features,
-        space,
-        weights,
-        d.temperature,
-        d.top_k,
-        artist_cf,
-        d.dna_anchor,
+    scorer = HybridScorer.from_settings(
+        result.model.cpu(), ds.track_features, space, weights, cfg.discover, artist_cf
     )
     info = {
         "fit_seconds": time.perf_counter() - started,
