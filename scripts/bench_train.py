@@ -161,26 +161,28 @@ class DenseVAE(nn.Module):
 
 def dense_epochs(cfg: Config, ds: Dataset, epochs: int) -> list[tuple[float, float]]:
     """(wall, CPU) seconds of each of ``epochs`` epochs of the dense loop (d94dc13's loop
-    body) over the training rows, after one warm-up epoch."""
+    body) over the training rows, after one warm-up epoch, on ``cfg.train.device``."""
     t = cfg.train
+    device = torch.device("cpu" if t.device == "auto" else t.device)
     user_items = ds.interactions.matrix[np.flatnonzero(ds.rows_of("train"))]
-    feats = torch.from_numpy(ds.track_features)
+    feats = torch.from_numpy(ds.track_features).to(device)
     torch.manual_seed(cfg.seed)
     n_tracks, n_feats = len(ds.track_ids), ds.track_features.shape[1]
     model = DenseVAE(n_tracks + n_feats, n_tracks, tuple(cfg.model.hidden), cfg.model.latent)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     n_batches = math.ceil(user_items.shape[0] / t.batch_size)
     out = []
     for epoch in range(1, epochs + 2):
         started = clock()
         rng = np.random.default_rng([cfg.seed, 1000, epoch])
-        noise = torch.Generator().manual_seed(epoch)
+        noise = torch.Generator(device=device).manual_seed(epoch)
         order = rng.permutation(user_items.shape[0])
         for b in range(n_batches):
             idx = order[b * t.batch_size : (b + 1) * t.batch_size]
-            plays = torch.from_numpy(user_items[idx].toarray())
+            plays = torch.from_numpy(user_items[idx].toarray()).to(device)
             target = (plays > 0).float()
-            keep = torch.rand(plays.shape, generator=noise) >= t.input_dropout
+            keep = torch.rand(plays.shape, generator=noise, device=device) >= t.input_dropout
             noised = plays * keep
             profile_in, profile_target = audio_profile(noised, feats), audio_profile(plays, feats)
             beta = cyclical_beta(b, n_batches, 1, 0.5, 1.0)
@@ -325,10 +327,11 @@ def summarise(rows: dict[str, list[tuple[float, float]]], n_users: int, base: st
 
 def bench_speed(name: str, tmp: Path, args: argparse.Namespace) -> dict:
     cfg_path, sets = scenario_config(name, tmp, SIZES + [f"seed={args.seed}"])
-    cfg = load_config(cfg_path, sets + ["train.device=cpu", "train.precision=fp32"])
+    cfg = load_config(cfg_path, sets + [f"train.device={args.device}", "train.precision=fp32"])
     ds = build_dataset(cfg)
     n_users = int(ds.rows_of("train").sum())
-    print(f"\n== {name}: {ds.summary()}; {n_users} training rows", flush=True)
+    where = f"{args.device} ({torch.cuda.get_device_name()})" if args.device == "cuda" else "cpu"
+    print(f"\n== {name} on {where}: {ds.summary()}; {n_users} training rows", flush=True)
     rows: dict[str, list[tuple[float, float]]] = {"dense baseline": [], "deepvibe fp32": []}
     bf16 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": "bf16"})})
     for rep in range(args.repeat):  # interleaved, so load changes hit every loop alike
@@ -345,6 +348,7 @@ def bench_speed(name: str, tmp: Path, args: argparse.Namespace) -> dict:
     print("  training epochs without validation or files:")
     table = summarise(rows, n_users, "dense baseline")
     result = {"users": n_users, "threads": torch.get_num_threads(), "load": load_avg()}
+    result["device"] = where
     result["loops"] = table
     if args.end_to_end:
         e2e: dict[str, list[tuple[float, float]]] = {}
@@ -418,6 +422,7 @@ def main() -> None:
         help="also time whole epochs as `deepvibe train` runs them (validation, files)",
     )  # fmt: skip
     ap.add_argument("--memory-users", type=int, default=100_000)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="speed loops' device")
     ap.add_argument("--tmp", type=Path, default=None, help="data folder (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)

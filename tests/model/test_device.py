@@ -68,3 +68,20 @@ def test_bf16_autocast_stays_close_to_fp32(device: str) -> None:
     assert half.dtype == torch.bfloat16  # the matrix products really ran in bf16
     assert torch.allclose(half.float(), full, atol=0.05, rtol=0.05)
     assert not torch.equal(half.float(), full)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_users_scores_do_not_depend_on_the_rest_of_the_batch(device: str) -> None:
+    # Batch discovery must write the reports a user gets alone; on CUDA an atomic row sum
+    # (index_add_) made the audio profile depend on the other rows' entries.
+    torch.manual_seed(0)
+    model = HybridVAE(VAEArch(500, 12, (64,), 16)).to(resolve_device(device))
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(500, 12)).astype(np.float32)
+    plays = (rng.random((64, 500)) > 0.8) * rng.integers(1, 50, size=(64, 500))
+    alone = plays.copy()
+    alone[1:] = 0  # the same first user with an empty rest of the tile
+    alone[1:, :3] = 1
+    mu_batch, s_batch = encode_and_score(model, plays.astype(np.float32), feats)
+    mu_alone, s_alone = encode_and_score(model, alone.astype(np.float32), feats)
+    assert np.array_equal(mu_batch[0], mu_alone[0]) and np.array_equal(s_batch[0], s_alone[0])

@@ -363,3 +363,40 @@ def test_a_killed_rank_stops_the_other_with_one_line_naming_it(
     assert not list(last.parent.glob(".*.tmp")) or victim == 0  # rank 0 may die mid-write
     resumed = train(load_config(cfg, [f"train.epochs={ck.epoch + 1}"]), resume=last, progress=False)
     assert resumed.epochs_done == ck.epoch + 1
+
+
+@pytest.mark.parametrize(
+    ("requested", "env", "local_ranks", "gpus", "expected"),
+    [
+        ("auto", {"LOCAL_WORLD_SIZE": "2"}, (0, 1), 1, "cpu"),  # torchrun, 2 procs, one GPU
+        ("auto", {"LOCAL_WORLD_SIZE": "2"}, (0, 1), 2, "cuda"),
+        ("auto", {"MASTER_ADDR": "127.0.0.1"}, (0, 1), 1, "cpu"),  # by hand, on this machine
+        ("auto", {"MASTER_ADDR": "10.0.0.5"}, (0, 0), 1, "cuda"),  # by hand, one per machine
+        ("cpu", {"LOCAL_WORLD_SIZE": "2"}, (0, 1), 0, "cpu"),
+    ],
+)
+def test_every_rank_picks_the_same_backend_from_the_gpus_it_has(
+    monkeypatch: pytest.MonkeyPatch,
+    requested: str,
+    env: dict,
+    local_ranks: tuple[int, int],
+    gpus: int,
+    expected: str,
+) -> None:
+    # Found on a one-GPU machine: under auto, rank 1 of 2 asked for cuda:1, which did not
+    # exist, and rank 0 waited for it until the timeout.
+    for name in ("LOCAL_WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    kind = "cuda" if requested == "auto" else requested
+    kinds = {distributed.comm_kind(kind, requested, local, 2, gpus) for local in local_ranks}
+    assert kinds == {expected}
+
+
+def test_explicit_cuda_with_too_few_gpus_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(ConfigError, match="1 GPU\\(s\\) for 4 processes.*train.device=cpu"):
+        distributed.comm_kind("cuda", "cuda", 0, 4, 1)

@@ -14,6 +14,7 @@ import deepvibe.training.train as train_module
 import deepvibe.training.validation as validation_module
 from conftest import small_config
 from deepvibe.errors import CheckpointError
+from deepvibe.model.device import model_device
 from deepvibe.model.inference import scorer
 from deepvibe.ranking.metrics import evaluate_scorer
 from deepvibe.training.checkpoint import load_checkpoint
@@ -105,7 +106,8 @@ def test_catalogue_validator_equals_evaluate_scorer(toy_dir: Path, tmp_path: Pat
     expected = evaluate_scorer(
         scorer(result.model, result.dataset.track_features), val.foldin, val.heldout
     )
-    got = CatalogueValidator(result.dataset, cfg, "cpu", chunk_size=1024).score(result.model)
+    device = model_device(result.model)  # the training device (cuda where train.device is auto)
+    got = CatalogueValidator(result.dataset, cfg, device, chunk_size=1024).score(result.model)
     assert got == expected
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,14 @@ class SparseRows:
     def row_sums(self, values: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) sum of ``values`` (default: this batch's values) over each row's entries."""
         v = self.values if values is None else values
-        out = torch.zeros(self.n_rows, dtype=v.dtype, device=self.device)
-        return out.index_add_(0, self.row_ids(), v)
+        # A bag sum over one weight of 1, not index_add_: on CUDA index_add_ adds with atomics in
+        # no fixed order, so a user's sums (and scores) would depend on the rest of the batch.
+        ones = torch.ones((1, 1), dtype=v.dtype, device=self.device)
+        bags = F.embedding_bag(
+            torch.zeros_like(self.indices), ones, self.crow, mode="sum", per_sample_weights=v,
+            include_last_offset=True,
+        )  # fmt: skip
+        return bags[:, 0]
 
     def to_dense(self) -> torch.Tensor:
         """(B, n_cols) dense tensor (tests and small inputs only)."""

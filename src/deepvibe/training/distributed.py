@@ -322,7 +322,9 @@ class Ranks:
     def place(self, device: torch.device) -> torch.device:
         """A CUDA device becomes this process's own GPU (``cuda:LOCAL_RANK``)."""
         if self.distributed and device.type == "cuda":
-            return torch.device("cuda", self.local_rank)
+            # gloo on the CPU where the group found too few GPUs (see comm_kind)
+            on_gpu = self.comm_device.type == "cuda"
+            return torch.device("cuda", self.local_rank) if on_gpu else torch.device("cpu")
         return device
 
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -468,6 +470,41 @@ def current() -> Ranks:
     return SINGLE
 
 
+def comm_kind(kind: str, requested: str, local_rank: int, world: int, gpus: int) -> str:
+    """``cuda`` (NCCL, one GPU per process) or ``cpu`` (gloo) for the group.
+
+    NCCL needs a GPU of its own per process on a machine. Where this machine has fewer GPUs
+    than processes, ``train.device: auto`` falls back to gloo on the CPU for every rank (each
+    rank decides alike: from ``LOCAL_WORLD_SIZE``, which torchrun sets, or for ranks launched
+    by hand on the loopback address from the world size); an explicit ``cuda`` is an error.
+    """
+    if kind != "cuda":
+        return kind
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    if local_world is not None:
+        needed = int(local_world)
+    elif os.environ.get("MASTER_ADDR", "") in ("127.0.0.1", "localhost", "::1"):
+        needed = world
+    else:
+        needed = local_rank + 1
+    if needed <= gpus:
+        return "cuda"
+    if requested.split(":", 1)[0] == "auto":
+        log.warning(
+            "train.device auto: %d processes on this machine but %d GPU(s); every rank runs on "
+            "the CPU (gloo). Start at most %d per machine to use the GPUs.",
+            needed,
+            gpus,
+            gpus,
+        )
+        return "cpu"
+    raise ConfigError(
+        f"train.device is {requested} but this machine has {gpus} GPU(s) for {needed} processes "
+        f"(NCCL needs one GPU per process); start at most {gpus} per machine or use "
+        "train.device=cpu"
+    )
+
+
 @contextlib.contextmanager
 def session(timeout_s: float, device: str = "auto", wait_s: float | None = None) -> Iterator[Ranks]:
     """Join the process group torchrun describes (no-op without it) for the block.
@@ -490,6 +527,7 @@ def session(timeout_s: float, device: str = "auto", wait_s: float | None = None)
             "train.device mps cannot run several processes (gloo and NCCL do not reach Apple "
             "GPUs); use train.device=cpu or one process"
         )
+    kind = comm_kind(kind, device, local, world, torch.cuda.device_count() if kind == "cuda" else 0)
     comm = torch.device("cuda", local) if kind == "cuda" else torch.device("cpu")
     if kind == "cuda":
         torch.cuda.set_device(comm)
