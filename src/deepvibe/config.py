@@ -108,7 +108,8 @@ class TrainConfig(_Section):
     snapshot_every: int = Field(10, gt=0)
     max_grad_norm: float | None = Field(None, gt=0.0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: measured in docs/BENCHMARKS.md
+    # auto: bf16 where the device multiplies bf16 natively, else fp32 (docs/BENCHMARKS.md)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     # several processes (torchrun): how long a rank waits for the others before it stops with an
     # error naming the one that died; must exceed rank 0's validation and checkpoint writes
     dist_timeout_s: float = Field(300.0, gt=0.0)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+import deepvibe.model.device as device_module
 from deepvibe.errors import ConfigError
-from deepvibe.model.device import autocast, model_device, resolve_device
+from deepvibe.model.device import autocast, model_device, resolve_device, resolve_precision
 from deepvibe.model.inference import encode_and_score
 from deepvibe.model.vae import HybridVAE, VAEArch
 
@@ -85,3 +86,24 @@ def test_a_users_scores_do_not_depend_on_the_rest_of_the_batch(device: str) -> N
     mu_batch, s_batch = encode_and_score(model, plays.astype(np.float32), feats)
     mu_alone, s_alone = encode_and_score(model, alone.astype(np.float32), feats)
     assert np.array_equal(mu_batch[0], mu_alone[0]) and np.array_equal(s_batch[0], s_alone[0])
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu = torch.device("cpu")
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(device_module, "native_bf16", lambda d, n=native: n)
+        assert resolve_precision("auto", cpu) == expected
+        assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match="train.precision"):
+        resolve_precision("fp16", cpu)
+
+
+def test_native_bf16_follows_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    for bf16, amx, expected in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert device_module.native_bf16(cpu) is expected
+    assert device_module.native_bf16(torch.device("meta")) is False

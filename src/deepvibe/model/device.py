@@ -15,7 +15,7 @@ from torch import nn
 from deepvibe.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _mps_available() -> bool:
@@ -49,13 +49,33 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """``bf16``: matrix products in bfloat16 under torch.autocast (weights stay float32);
-    ``fp32``: a no-op."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware: a CUDA GPU of compute
+    capability 8.0 or newer, or a CPU with AVX512-BF16 or AMX. Elsewhere autocast emulates bf16
+    and is slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto|fp32|bf16`` -> ``fp32`` or ``bf16``. ``auto`` is bf16 where the device has native
+    bf16 (Last.fm-2k quality was unchanged, docs/BENCHMARKS.md), else fp32."""
     if precision not in PRECISIONS:
         raise ConfigError(
             f"train.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}"
         )
-    if precision == "fp32":
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``bf16``: matrix products in bfloat16 under torch.autocast (weights stay float32);
+    ``fp32``: a no-op; ``auto``: as :func:`resolve_precision` decides for ``device``."""
+    if resolve_precision(precision, device) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from deepvibe.config import Config, TrainConfig
 from deepvibe.data.dataset import Dataset, build_dataset
 from deepvibe.errors import CheckpointError, TrainingDiverged
-from deepvibe.model.device import autocast, resolve_device
+from deepvibe.model.device import autocast, resolve_device, resolve_precision
 from deepvibe.model.loss import vae_loss
 from deepvibe.model.schedule import cyclical_beta, learning_rate
 from deepvibe.model.vae import HybridVAE, VAEArch
@@ -245,7 +245,8 @@ def train(
     if ck is not None:
         _resume(run, ck, Path(resume))  # type: ignore[arg-type]
     run.net = ranks.wrap(model)  # after the resume: DDP starts from rank 0's weights
-    log.info("training on %s (%s), validation by %s", device, t.precision, chosen.name)
+    precision = resolve_precision(t.precision, device)
+    log.info("training on %s (%s), validation by %s", device, precision, chosen.name)
 
     start_epoch, interrupted = run.epoch, False
     epoch = start_epoch
