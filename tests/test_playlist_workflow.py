@@ -66,6 +66,8 @@ def test_prepare_train_discover_on_playlists_with_the_defaults(tmp_path, monkeyp
                       r"database ranking\)", res.stdout)  # fmt: skip
     assert found, res.stdout
     best = float(found.group(1))
+    for mode in ("standard", "new-artists"):  # each mode's weights and Vibe DNA anchor
+        assert re.search(rf"discovery weights \({mode}\): .*; DNA anchor [01.]+", res.stdout)
 
     # Popularity on the same validation users and the same database ranking.
     cfg = load_config(config)

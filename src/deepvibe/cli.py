@@ -180,7 +180,7 @@ def train(
     ] = None,
 ) -> None:
     """Train the hybrid VAE; keep the best checkpoint by validation NDCG@100."""
-    from deepvibe.discovery.validation import validator_for
+    from deepvibe.discovery.validation import MODE_KEYS, validator_for
     from deepvibe.fileio import ensure_writable_dir
     from deepvibe.logs import file_log
     from deepvibe.training import distributed
@@ -238,13 +238,17 @@ def train(
             f"NDCG@100 {result.best_metric:.4f} at epoch {result.best_epoch} "
             f"(validation: {validation} ranking)"
         )
-    weights = result.best_extras.get("discovery_weights")
-    if weights:
-        fit = result.best_extras.get("discovery_fit", {})
+    for mode, (w_key, fit_key, anchor_key) in MODE_KEYS.items():
+        weights = result.best_extras.get(w_key)
+        if not weights:
+            continue
+        fit = result.best_extras.get(fit_key, {})
+        anchor = result.best_extras.get(anchor_key)
         typer.echo(
-            "discovery weights: "
+            f"discovery weights ({mode}): "
             + ", ".join(f"{k} {v:g}" for k, v in weights.items())
-            + (f" ({fit.get('used')}: {fit.get('reason')})" if fit else "")
+            + ("" if anchor is None else f"; DNA anchor {anchor:g}")
+            + (f" ({fit.get('used')}: {fit.get('reason')})" if fit.get("used") else "")
         )
     if last:
         typer.echo(

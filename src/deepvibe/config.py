@@ -143,8 +143,25 @@ class DiscoverConfig(_Section):
     # standardised features of the user's own history (a = dna_anchor). 0.5: chosen on
     # spotify-2024 validation users (docs/BENCHMARKS.md, "Vibe DNA anchor").
     dna_anchor: float = Field(0.5, ge=0.0, le=1.0)
+    # The anchor of --new-artists mode (the same mix); 1.0 chosen on spotify-2024 validation
+    # users (docs/BENCHMARKS.md, "New-artist mode").
+    dna_anchor_new_artists: float = Field(1.0, ge=0.0, le=1.0)
+    # Anchors tried per mode on the validation users at the best epoch, each with its fitted
+    # weights; the best replaces the mode's configured anchor only by a real gain (fit_z).
+    # Empty: always the configured anchors.
+    anchor_choices: tuple[float, ...] = (0.0, 0.5, 1.0)
+    # A fit (weights or anchor) replaces its prior only when its mean per-user NDCG@100 gain on
+    # the validation users is >= fit_z standard errors of that gain (and >= 0.005).
+    fit_z: float = Field(1.0, ge=0.0)
     chunk_size: int = Field(262_144, gt=0)
     user_block: int = Field(1024, gt=0)
+
+    @field_validator("anchor_choices")
+    @classmethod
+    def _anchors_in_range(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 <= a <= 1.0 for a in v):
+            raise ValueError("every anchor must be between 0 and 1")
+        return v
 
 
 class PathsConfig(_Section):

@@ -40,7 +40,12 @@ from deepvibe.data.artists import split_artist_column
 from deepvibe.data.tables import FeatureScaler, TrackTable
 from deepvibe.discovery.database import TrackDatabase, percentiles_from_quantiles
 from deepvibe.discovery.dna import vibe_dna
-from deepvibe.discovery.hybrid import DEFAULT_WEIGHTS, HybridWeights, why
+from deepvibe.discovery.hybrid import (
+    DEFAULT_NEW_ARTIST_WEIGHTS,
+    DEFAULT_WEIGHTS,
+    HybridWeights,
+    why,
+)
 from deepvibe.discovery.report import (
     Discovery,
     DiscoveryBlock,
@@ -59,6 +64,7 @@ from deepvibe.discovery.signals import (
     rank_space,
 )
 from deepvibe.discovery.users import HistoryNames, UserBatch
+from deepvibe.discovery.validation import MODE_KEYS, prior_anchor
 from deepvibe.errors import DataError
 from deepvibe.model.artist_cf import ArtistCF
 from deepvibe.model.inference import encode_and_score
@@ -110,6 +116,7 @@ class Discoverer:
         # The hybrid score over the database (source db); None: the Vibe DNA alone ranks it.
         self.hybrid: HybridScorer | None = None
         self.new_artist_weights: HybridWeights | None = None  # fitted for --new-artists
+        self.new_artist_anchor: float | None = None  # its Vibe DNA anchor (None: the scorer's)
         # Standardised database chunks, kept across blocks while they fit (per scorer setup).
         self._prepared: dict[tuple[object, ...], PreparedChunks] = {}
 
@@ -164,6 +171,7 @@ class Discoverer:
         if hybrid and database is not None:
             found.hybrid = hybrid_scorer(ck, cfg, database)
             found.new_artist_weights = _weights(ck, cfg, "discovery_weights_new_artists")
+            found.new_artist_anchor = _anchor(ck, cfg, "new-artists")
         return found
 
     # -- pieces
@@ -371,7 +379,8 @@ class Discoverer:
         assert scorer is not None and db is not None
         space, s = scorer.space, self.settings
         history = _history_in_space(batch, space)  # (b, m) binary
-        inputs = scorer.user_inputs(history, batch.plays)
+        anchor = self.new_artist_anchor if "new-artists" in mode else None
+        inputs = scorer.user_inputs(history, batch.plays, anchor)
         excluded = history
         if "new-artists" in mode:
             excluded = (history + space.same_artist_tracks(history)).tocsr()
@@ -475,18 +484,33 @@ def hybrid_scorer(ck: Checkpoint, cfg: Config, database: TrackDatabase) -> Hybri
     weights = _weights(ck, cfg, "discovery_weights")
     cf_state = extras.get("artist_cf")
     artist_cf = ArtistCF.from_state(cf_state) if cf_state else None
-    log.info("hybrid discovery: %s%s", weights, "" if artist_cf else " (no artist model)")
+    anchor = _anchor(ck, cfg, "standard")
+    log.info(
+        "hybrid discovery: %s, DNA anchor %g%s", weights, anchor,
+        "" if artist_cf else " (no artist model)",
+    )  # fmt: skip
+    settings = cfg.discover.model_copy(update={"dna_anchor": anchor})
     return HybridScorer.from_settings(
-        ck.model, ck.track_features, space, weights, cfg.discover, artist_cf
+        ck.model, ck.track_features, space, weights, settings, artist_cf
     )
 
 
 def _weights(ck: Checkpoint, cfg: Config, key: str) -> HybridWeights:
-    """The weights fitted at the best epoch under ``key`` (else the defaults), with the parts
-    ``discover.weights`` sets in the config taking precedence."""
-    fitted = (ck.extras or {}).get(key) or (ck.extras or {}).get("discovery_weights")
-    base = DEFAULT_WEIGHTS if not fitted else HybridWeights.from_dict(fitted)
+    """The weights fitted at the best epoch under ``key`` (else the mode's prior), with the
+    parts ``discover.weights`` sets in the config taking precedence."""
+    fitted = (ck.extras or {}).get(key)
+    prior = DEFAULT_NEW_ARTIST_WEIGHTS if key.endswith("new_artists") else DEFAULT_WEIGHTS
+    base = prior if not fitted else HybridWeights.from_dict(fitted)
     return HybridWeights.from_dict(cfg.discover.weights.given(), base=base)
+
+
+def _anchor(ck: Checkpoint, cfg: Config, mode: str) -> float:
+    """A mode's Vibe DNA anchor: chosen on validation users at the best epoch (stored in the
+    checkpoint), else, or with ``discover.anchor_choices: []``, the configured one."""
+    stored = (ck.extras or {}).get(MODE_KEYS[mode][2])
+    if stored is None or not cfg.discover.anchor_choices:
+        return prior_anchor(cfg, mode)
+    return float(stored)
 
 
 def gems_penalty(popularity: np.ndarray, lam: float, ceiling: float | None) -> np.ndarray:

@@ -189,8 +189,14 @@ class HybridScorer:
             s.dna_anchor,
         )  # fmt: skip
 
-    def user_inputs(self, history: sp.csr_matrix, catalogue_plays: sp.csr_matrix) -> UserInputs:
-        """history: (U, n) plays over the space; catalogue_plays: (U, n_catalogue) plays.
+    def user_inputs(
+        self,
+        history: sp.csr_matrix,
+        catalogue_plays: sp.csr_matrix,
+        dna_anchor: float | None = None,
+    ) -> UserInputs:
+        """history: (U, n) plays over the space; catalogue_plays: (U, n_catalogue) plays;
+        ``dna_anchor``: this call's anchor (a mode's own), else the scorer's.
 
         The model and the DNA run on fixed tiles of ``TILE`` users (padded), so a user's
         inputs, and so their report, never depend on who else is in the block."""
@@ -202,6 +208,7 @@ class HybridScorer:
         scores = np.empty((n_users, self.features.shape[0]), np.float32)
         dna_raw = np.empty((n_users, self.features.shape[1]), np.float32)
         device = next(self.model.parameters()).device
+        anchor = self.dna_anchor if dna_anchor is None else dna_anchor
         for a in range(0, n_users, TILE):
             b = min(a + TILE, n_users)
             profile = self._profile(padded_rows(history[a:b], TILE))
@@ -211,7 +218,7 @@ class HybridScorer:
             scores[a:b] = tile_np[: b - a]
             dna_tile = _vibe_dna(tile_np, self.features.numpy(), self.temperature, self.top_k)
             # anchored in what the user played: (1 - a) * model DNA + a * history profile
-            dna_tile = (1.0 - self.dna_anchor) * dna_tile + self.dna_anchor * profile.numpy()
+            dna_tile = (1.0 - anchor) * dna_tile + anchor * profile.numpy()
             dna_raw[a:b] = dna_tile[: b - a]
         collab = None
         if self.artist_cf is not None and self.cf_artists is not None:

@@ -7,12 +7,21 @@ ranked with the fold-in masked, and NDCG@100 / Recall@20 / Recall@50 are measure
 held-out part — which, on playlist data, is mostly outside the catalogue. Each epoch is scored
 with the weights discover would use: fitted on these users for that epoch (so the number is
 in-sample for the weights, a few hundredths optimistic; it selects epochs, it is not a test
-figure). The best epoch keeps them, plus a set fitted for ``--new-artists``.
+figure).
+
+At the best epoch each mode (standard, ``--new-artists``) gets its own Vibe DNA anchor and
+weights, stored in the checkpoint (:meth:`DatabaseValidator.checkpoint_extras`): for every
+anchor in ``discover.anchor_choices`` the weights are fitted from the mode's prior, and the
+best (anchor, weights) replaces the mode's configured anchor only by a gain of ``fit_z``
+standard errors over the validation users (:func:`hybrid.gain_is_real`). With the ~20
+validation users of a small data set an in-sample fit mostly gains by chance; the gate shrinks
+such fits back to the prior.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +31,16 @@ import torch
 from deepvibe.config import Config
 from deepvibe.data.dataset import Dataset, uses_database_validation
 from deepvibe.data.tables import load_track_table
-from deepvibe.discovery.hybrid import DEFAULT_WEIGHTS, CandidatePool, HybridWeights, fit_weights
+from deepvibe.discovery.hybrid import (
+    DEFAULT_NEW_ARTIST_WEIGHTS,
+    DEFAULT_WEIGHTS,
+    CandidatePool,
+    HybridWeights,
+    fit_weights,
+    gain_is_real,
+    paired_gain,
+    pool_ndcg,
+)
 from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
 from deepvibe.errors import DataError
 from deepvibe.model.artist_cf import ArtistCF
@@ -35,6 +53,15 @@ from deepvibe.training.validation import enough_users
 log = logging.getLogger(__name__)
 
 CHUNK = 65_536  # database rows scored at a time: (users x CHUNK) float32 per block
+MIN_GAIN = 0.005  # the smallest validation NDCG@100 gain that replaces a prior
+# checkpoint keys per mode: (weights, fit report, anchor)
+MODE_KEYS = {
+    "standard": ("discovery_weights", "discovery_fit", "discovery_anchor"),
+    "new-artists": (
+        "discovery_weights_new_artists", "discovery_fit_new_artists",
+        "discovery_anchor_new_artists",
+    ),
+}  # fmt: skip
 
 
 def load_database_space(cfg: Config, ds: Dataset) -> TrackSpace:
@@ -52,6 +79,26 @@ def load_database_space(cfg: Config, ds: Dataset) -> TrackSpace:
 def configured_weights(cfg: Config) -> HybridWeights:
     """``discover.weights`` where the config sets them, else the measured defaults."""
     return HybridWeights.from_dict(cfg.discover.weights.given(), base=DEFAULT_WEIGHTS)
+
+
+def configured_new_artist_weights(cfg: Config) -> HybridWeights:
+    """``discover.weights`` where the config sets them, else the new-artist prior."""
+    return HybridWeights.from_dict(cfg.discover.weights.given(), base=DEFAULT_NEW_ARTIST_WEIGHTS)
+
+
+def prior_anchor(cfg: Config, mode: str) -> float:
+    """The configured Vibe DNA anchor of a mode ("standard" or "new-artists")."""
+    d = cfg.discover
+    return d.dna_anchor_new_artists if mode == "new-artists" else d.dna_anchor
+
+
+@dataclass(frozen=True)
+class ModeFit:
+    """What one mode ranks with, chosen on the validation users."""
+
+    anchor: float
+    weights: HybridWeights
+    report: dict[str, Any]  # flat: numbers and strings only (weights_only-safe)
 
 
 def validator_for(cfg: Config) -> type[DatabaseValidator] | None:
@@ -73,6 +120,7 @@ class DatabaseValidator:
         self.artist_cf: ArtistCF | None = fit_artist_cf(ds)
         self.features = ds.track_features
         self.weights = configured_weights(cfg)
+        self.new_artist_weights = configured_new_artist_weights(cfg)
         users, rows = ds.all_plays.user_matrix(ds.user_groups["validation"])
         history = self.space.to_space(rows, ds.all_plays.track_ids)  # (U, n_db)
         rng = np.random.default_rng([cfg.seed, 1])
@@ -92,9 +140,11 @@ class DatabaseValidator:
     def n_users(self) -> int:
         return self.split.foldin.shape[0]
 
-    def _scorer(self, model: HybridVAE) -> HybridScorer:
+    def _scorer(self, model: HybridVAE, anchor: float | None = None) -> HybridScorer:
+        d = self.cfg.discover
+        settings = d if anchor is None else d.model_copy(update={"dna_anchor": anchor})
         return HybridScorer.from_settings(
-            model, self.features, self.space, self.weights, self.cfg.discover, self.artist_cf
+            model, self.features, self.space, self.weights, settings, self.artist_cf
         )
 
     def score(self, model: HybridVAE) -> dict[str, float]:
@@ -118,31 +168,79 @@ class DatabaseValidator:
         }
 
     def checkpoint_extras(self) -> dict[str, Any]:
-        """The artist model and the discovery weights fitted at this (the best) epoch."""
+        """The artist model and, per mode, the anchor and weights chosen at this (the best)
+        epoch, with the fit's report (see the module doc)."""
         extras: dict[str, Any] = {"validation": self.name}
         if self.artist_cf is not None:
             extras["artist_cf"] = self.artist_cf.to_state()
         if self._last is None or not self.enough:
             return extras
-        scorer, inputs, weights, report = self._last
+        model = self._last[0].model
+        for mode, (w_key, fit_key, anchor_key) in MODE_KEYS.items():
+            fit = self.choose(model, mode)
+            extras[w_key], extras[fit_key] = fit.weights.to_dict(), fit.report
+            extras[anchor_key] = fit.anchor
+            log.info("%s: anchor %g, %s (%s)", mode, fit.anchor, fit.weights, fit.report["reason"])
+        return extras
+
+    def _targets(self, mode: str) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """(excluded, held-out), each (U, n_db), of the validation users in a mode."""
         foldin = sp.csr_matrix(self.split.foldin)
-        by_their_artists = self.space.same_artist_tracks(foldin)  # (U, n_db) new-artist mode
         heldout = sp.csr_matrix(self.split.heldout)
+        if mode != "new-artists":
+            return foldin, heldout
+        by_their_artists = self.space.same_artist_tracks(foldin)  # each credited artist
         held_new = (heldout - heldout.multiply(by_their_artists > 0)).tocsr()
         held_new.eliminate_zeros()
-        excluded = (foldin + by_their_artists).tocsr()
-        fits = [("discovery_weights", weights, report)]
-        fits.append(("discovery_weights_new_artists", *self.fit_weights(
-            scorer, inputs, excluded, held_new)))  # fmt: skip
-        for key, weights, report in fits:
-            extras[key] = weights.to_dict()
-            if report is None:
-                continue
-            extras[key.replace("weights", "fit")] = {
-                k: v for k, v in report.items() if isinstance(v, (int, float, str))
-            }
-            log.info("%s (%s: %s): %s", key, report["used"], report["reason"], weights)
-        return extras
+        return (foldin + by_their_artists).tocsr(), held_new
+
+    def choose(self, model: HybridVAE, mode: str) -> ModeFit:
+        """The (anchor, weights) a mode ranks with. Per anchor (the configured one and
+        ``discover.anchor_choices``) the weights are fitted from the mode's prior (unless
+        ``discover.weights`` sets every part); an anchor other than the configured one wins
+        only by a real per-user gain over the configured anchor with its weights."""
+        d = self.cfg.discover
+        prior = self.new_artist_weights if mode == "new-artists" else self.weights
+        fixed = len(d.weights.given()) == 4
+        base = prior_anchor(self.cfg, mode)
+        excluded, heldout = self._targets(mode)
+        anchors = [base, *sorted(set(d.anchor_choices) - {base})]
+        tried: dict[float, tuple[HybridWeights, np.ndarray, dict]] = {}
+        for a in anchors:
+            scorer = self._scorer(model, a)
+            inputs = scorer.user_inputs(self.split.foldin, self.foldin_catalogue)
+            pools = self._pools(scorer, inputs, excluded, heldout)
+            weights, report = prior, {"used": "configured", "reason": "discover.weights"}
+            if not fixed:
+                weights, report = fit_weights(*pools, default=prior, z=d.fit_z)
+            tried[a] = (weights, pool_ndcg(*pools, weights), report)
+        n_base = len(tried[base][1])
+        comparable = [a for a in anchors if n_base and len(tried[a][1]) == n_base]
+        best = max(comparable or [base], key=lambda a: (_mean(tried[a][1]), a == base))
+        gain, se = paired_gain(tried[best][1], tried[base][1]) if n_base else (0.0, 0.0)
+        chosen = best if best != base and gain_is_real(gain, se, MIN_GAIN, d.fit_z) else base
+        weights, per_user, report = tried[chosen]
+        flat = {k: v for k, v in report.items() if isinstance(v, (int, float, str))}
+        flat |= {f"ndcg_anchor_{a:g}": _mean(tried[a][1]) for a in anchors}
+        flat |= {
+            "ndcg": _mean(per_user),
+            "anchor": chosen,
+            "anchor_reason": f"best {best:g} gains {gain:.4f} (se {se:.4f}) over {base:g}",
+        }
+        return ModeFit(chosen, weights, flat)
+
+    def _pools(
+        self,
+        scorer: HybridScorer,
+        inputs: UserInputs,
+        excluded: sp.csr_matrix,
+        heldout: sp.csr_matrix,
+    ) -> tuple[list, list, np.ndarray]:
+        pool = CandidatePool(self.n_users)
+        for start in range(0, len(self.space), CHUNK):
+            rows = slice(start, min(start + CHUNK, len(self.space)))
+            pool.add(scorer.parts(inputs, rows), start, excluded[:, rows])
+        return pool.labelled(heldout)
 
     def fit_weights(
         self,
@@ -153,12 +251,12 @@ class DatabaseValidator:
     ) -> tuple[HybridWeights, dict]:
         """Coordinate ascent on the validation users' candidate pools (hybrid.fit_weights):
         ``excluded`` (U, n_db) never candidates, ``heldout`` (U, n_db) the targets."""
-        pool = CandidatePool(self.n_users)
-        for start in range(0, len(self.space), CHUNK):
-            rows = slice(start, min(start + CHUNK, len(self.space)))
-            pool.add(scorer.parts(inputs, rows), start, excluded[:, rows])
-        parts, marks, n_heldout = pool.labelled(heldout)
-        return fit_weights(parts, marks, n_heldout, default=self.weights)
+        pools = self._pools(scorer, inputs, excluded, heldout)
+        return fit_weights(*pools, default=self.weights, z=self.cfg.discover.fit_z)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
 
 
 def _catalogue_columns(space_rows: sp.csr_matrix, space: TrackSpace, n_catalogue: int):

@@ -43,9 +43,14 @@ from deepvibe.data.artists import artist_matrix
 from deepvibe.data.catalogue import load_catalogue_features
 from deepvibe.data.dataset import build_dataset, uses_database_validation
 from deepvibe.data.tables import Interactions, TrackTable, load_interactions, load_track_table
-from deepvibe.discovery.hybrid import HybridWeights
+from deepvibe.discovery.hybrid import DEFAULT_NEW_ARTIST_WEIGHTS, HybridWeights
 from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs
-from deepvibe.discovery.validation import DatabaseValidator, configured_weights
+from deepvibe.discovery.validation import (
+    MODE_KEYS,
+    DatabaseValidator,
+    configured_weights,
+    prior_anchor,
+)
 from deepvibe.errors import ConfigError
 from deepvibe.evaluation.discovery_baselines import (
     ArtistCooccurrence,
@@ -215,6 +220,17 @@ class DeepvibeScores:
     def fn(self, weights: HybridWeights | None = None) -> Callable[[np.ndarray], np.ndarray]:
         return lambda rows: self.scores(rows, weights)
 
+    def with_anchor(self, anchor: float) -> DeepvibeScores:
+        """The same model and parts with another Vibe DNA anchor (self when it is the same)."""
+        if anchor == self.scorer.dna_anchor:
+            return self
+        s = self.scorer
+        scorer = HybridScorer(
+            s.model, s.features.numpy(), s.space, s.weights, s.temperature, s.top_k,
+            s.artist_cf, anchor,
+        )  # fmt: skip
+        return DeepvibeScores(scorer, self.foldin, self.catalogue_plays.shape[1])
+
 
 def part_weights(w: HybridWeights) -> dict[str, HybridWeights]:
     """The hybrid and each part alone; ``artist`` keeps the hybrid's artist : collab ratio."""
@@ -227,10 +243,19 @@ def part_weights(w: HybridWeights) -> dict[str, HybridWeights]:
     }
 
 
+def new_artist_weights(cfg: Config, extras: dict[str, Any]) -> HybridWeights:
+    """As discover picks them: ``discover.weights`` part by part over those fitted for the
+    mode at the best epoch, else over the new-artist prior."""
+    fitted = extras.get("discovery_weights_new_artists")
+    base = HybridWeights.from_dict(fitted) if fitted else DEFAULT_NEW_ARTIST_WEIGHTS
+    return HybridWeights.from_dict(cfg.discover.weights.given(), base=base)
+
+
 def train_deepvibe(
     cfg: Config, data: DiscoveryData, foldin: sp.csr_matrix, settings: DiscoverySettings
 ) -> tuple[DeepvibeScores, HybridWeights, dict[str, Any]]:
-    """Train on the fold-in rows of all users (step 3) -> scores, weights used, info."""
+    """Train on the fold-in rows of all users (step 3) -> scores, weights used, info. The
+    scores use the standard mode's anchor; ``info["anchor_new_artists"]`` is the other's."""
     from deepvibe.training.train import train
 
     has_rows = np.diff(foldin.indptr) > 0
@@ -253,8 +278,16 @@ def train_deepvibe(
     state = result.best_extras.get("artist_cf")
     artist_cf = ArtistCF.from_state(state) if state is not None else None
     space = TrackSpace.from_table(data.database, ds.scaler, ds.track_ids)
+    extras = result.best_extras
+    anchors = {  # as discover picks them: chosen on validation users, else configured
+        mode: float(extras[keys[2]])
+        if extras.get(keys[2]) is not None and cfg.discover.anchor_choices
+        else prior_anchor(cfg, mode)
+        for mode, keys in MODE_KEYS.items()
+    }
+    settings_std = cfg.discover.model_copy(update={"dna_anchor": anchors["standard"]})
     scorer = HybridScorer.from_settings(
-        result.model.cpu(), ds.track_features, space, weights, cfg.discover, artist_cf
+        result.model.cpu(), ds.track_features, space, weights, settings_std, artist_cf
     )
     info = {
         "fit_seconds": time.perf_counter() - started,
@@ -263,11 +296,12 @@ def train_deepvibe(
         "best_validation_ndcg@100": result.best_metric,
         "weights": weights.to_dict(),
         "weights_from": source,
-        "weights_new_artists": (
-            None
-            if cfg.discover.weights.given()
-            else result.best_extras.get("discovery_weights_new_artists")
-        ),
+        "weights_new_artists": new_artist_weights(cfg, extras).to_dict(),
+        "anchor": anchors["standard"],
+        "anchor_new_artists": anchors["new-artists"],
+        "validation_fit": {
+            mode: extras.get(keys[1]) for mode, keys in MODE_KEYS.items() if extras.get(keys[1])
+        },
         "train_users": int(len(ds.user_groups["train"])),
         "validation_users": int(len(ds.user_groups["validation"])),
         "catalogue_tracks": int(len(ds.track_ids)),
@@ -391,10 +425,10 @@ def run_split(
     if settings.deepvibe:
         deepvibe, weights, block["deepvibe"] = train_deepvibe(cfg, data, foldin, settings)
         fns_deepvibe = {name: deepvibe.fn(w) for name, w in part_weights(weights).items()}
-        new_w = block["deepvibe"].get("weights_new_artists")
-        fns_new = fns_deepvibe
-        if new_w:  # new-artist protocols rank with the weights fitted for that mode
-            fns_new = {n: deepvibe.fn(w) for n, w in part_weights(HybridWeights(**new_w)).items()}
+        new_w = HybridWeights(**block["deepvibe"]["weights_new_artists"])
+        # new-artist protocols rank with that mode's anchor and weights (as discover does)
+        deepvibe_new = deepvibe.with_anchor(block["deepvibe"]["anchor_new_artists"])
+        fns_new = {n: deepvibe_new.fn(w) for n, w in part_weights(new_w).items()}
     views: dict[str, tuple[sp.csr_matrix, sp.csr_matrix | None]] = {
         "database": (split.heldout, None)
     }
