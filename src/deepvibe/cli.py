@@ -536,8 +536,9 @@ def discover(
                     res = block.discovery(u)
                     typer.echo("")
                     typer.echo(format_dna(res, ck.scaler.columns, where))
-                    typer.echo(f"Top 10 of {len(res.table)} for {res.user}:")
-                    typer.echo(format_top(res, 10))
+                    shown = min(10, len(res.table))
+                    typer.echo(f"Top {shown} of {len(res.table)} for {res.user}:")
+                    typer.echo(format_top(res, shown))
                 if paths:
                     report, dna = paths[u]
                     if ranks.is_main:

@@ -212,3 +212,10 @@ def test_prepared_chunks_follow_a_change_of_settings(model) -> None:
     fresh.settings = pearson
     want = fresh.discover(batch.plays, 20, "standard", batch.history)[0].table
     assert again.equals(want) and not np.allclose(again["similarity"], cosine["similarity"])
+
+
+def test_the_printed_top_never_claims_more_rows_than_the_report_has(model, tmp_path) -> None:
+    res = _discover(model, "user_1", "--top", "5", "--set",
+                    f"paths.recommendations_dir={tmp_path}")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "Top 5 of 5 for user_1:" in res.output and "Top 10" not in res.output
