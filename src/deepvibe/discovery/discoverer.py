@@ -56,6 +56,7 @@ from deepvibe.discovery.signals import (
     HybridScorer,
     TrackSpace,
     UserInputs,
+    one_torch_thread,
     padded_rows,
     rank_space,
 )
@@ -188,9 +189,9 @@ class Discoverer:
         out = np.empty((plays.shape[0], len(self.track_ids)), dtype=np.float32)
         for a in range(0, plays.shape[0], MODEL_ROWS):
             rows = padded_rows(plays[a : a + MODEL_ROWS], MODEL_ROWS)
-            out[a : a + MODEL_ROWS] = encode_and_score(self.model, rows, self.track_features)[1][
-                : min(MODEL_ROWS, plays.shape[0] - a)
-            ]
+            with one_torch_thread():
+                scores = encode_and_score(self.model, rows, self.track_features)[1]
+            out[a : a + MODEL_ROWS] = scores[: min(MODEL_ROWS, plays.shape[0] - a)]
         return out
 
     def dna(self, scores: np.ndarray) -> np.ndarray:

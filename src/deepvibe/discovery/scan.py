@@ -272,7 +272,7 @@ def _one_pass(
     """The scan proper: every chunk once; its users split between worker threads (each with
     its own streaming top k), each scoring tiles of (users x tracks) that stay in cache."""
     n_users = scorer.n_users
-    n_workers = max(1, min(_workers(), n_users // _MIN_USERS_PER_WORKER))
+    n_workers = max(1, min(workers(), n_users // _MIN_USERS_PER_WORKER))
     bounds = np.linspace(0, n_users, n_workers + 1).astype(int)
     groups = [_UserGroup(int(a), int(b), k, floor[a:b]) for a, b in itertools.pairwise(bounds)]
     with single_threaded_blas(), ThreadPoolExecutor(n_workers) as pool:
@@ -313,7 +313,7 @@ class _UserGroup:
                     self.best.push(rows + local.start, start + c0 + cols, exact)
 
 
-def _workers() -> int:
+def workers() -> int:
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

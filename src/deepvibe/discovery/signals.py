@@ -11,6 +11,10 @@ one computation.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -31,7 +35,7 @@ from deepvibe.discovery.hybrid import (
     unit_rows,
     zscore_rows,
 )
-from deepvibe.discovery.scan import single_threaded_blas
+from deepvibe.discovery.scan import single_threaded_blas, workers
 from deepvibe.model.artist_cf import ArtistCF
 from deepvibe.model.inference import score_rows
 from deepvibe.model.sparse import SparseRows
@@ -94,7 +98,12 @@ class TrackSpace:
 
     def rows_of(self, track_ids: np.ndarray) -> np.ndarray:
         """Space row of each id, -1 where the space does not hold it (a hash lookup)."""
-        return pd.Index(self.track_ids).get_indexer(np.asarray(track_ids, dtype=object))
+        return self._index.get_indexer(np.asarray(track_ids, dtype=object))
+
+    @functools.cached_property
+    def _index(self) -> pd.Index:
+        """The ids' hash table, built once (a 1,000,000-id index takes 0.3 s)."""
+        return pd.Index(self.track_ids)
 
     def to_space(self, plays: sp.csr_matrix, track_ids: np.ndarray) -> sp.csr_matrix:
         """(U, len(track_ids)) plays -> (U, n) over the space's rows; unknown tracks drop."""
@@ -208,7 +217,8 @@ class HybridScorer:
             b = min(a + TILE, n_users)
             profile = self._profile(padded_rows(history[a:b], TILE))
             x = SparseRows.from_csr(padded_rows(catalogue_plays[a:b], TILE)).to(device)
-            _, tile = score_rows(self.model, x.binary(), profile.to(device))
+            with one_torch_thread():
+                _, tile = score_rows(self.model, x.binary(), profile.to(device))
             tile_np = tile.float().cpu().numpy()
             scores[a:b] = tile_np[: b - a]
             dna_tile = _vibe_dna(tile_np, self.features.numpy(), self.temperature, self.top_k)
@@ -348,22 +358,34 @@ def _rank_chunks(
     chunk: int,
     weights: HybridWeights | None,
 ) -> None:
-    """Every chunk of the space once, for every tile of users (see :func:`rank_space`)."""
+    """Every chunk of the space once, for every tile of users (see :func:`rank_space`); the
+    tiles are shared between worker threads (numpy and scipy release the GIL in the large
+    steps), each tile computed exactly as alone."""
     n_space = len(scorer.space)
-    for start in range(0, n_space, chunk):
-        # (TILE, SLICE) float32 scores stay in cache while every step of the score runs
-        pieces = [slice(a, min(a + SLICE, start + chunk, n_space))
-                  for a in range(start, min(start + chunk, n_space), SLICE)]  # fmt: skip
-        prepared = [scorer.prepare_rows(rows) for rows in pieces]  # once for every tile
-        for tile, mask, top in zip(padded, masks, best, strict=True):
+    n_workers = max(1, min(workers(), len(padded)))
+    groups = [list(range(w, len(padded), n_workers)) for w in range(n_workers)]
+
+    def run(group: list[int], pieces: list[slice], prepared: list[dict[str, object]]) -> None:
+        for t in group:
             for rows, track_side in zip(pieces, prepared, strict=True):
-                scores = scorer.score(tile, rows, weights, track_side)
+                scores = scorer.score(padded[t], rows, weights, track_side)
                 if penalty is not None:
                     scores -= penalty[rows].astype(np.float32)
-                if mask is not None:  # (user, row) pairs sorted by row
-                    a, b = np.searchsorted(mask[1], (rows.start, rows.stop))
-                    scores[mask[0][a:b], mask[1][a:b] - rows.start] = -np.inf
-                _push_chunk(top, scores, rows.start)
+                if masks[t] is not None:  # (user, row) pairs sorted by row
+                    users, cols = masks[t]  # type: ignore[misc]
+                    a, b = np.searchsorted(cols, (rows.start, rows.stop))
+                    scores[users[a:b], cols[a:b] - rows.start] = -np.inf
+                _push_chunk(best[t], scores, rows.start)
+
+    with ThreadPoolExecutor(n_workers) as pool:
+        for start in range(0, n_space, chunk):
+            stop = min(start + chunk, n_space)
+            # (TILE, SLICE) float32 scores stay in cache while every step of the score runs
+            pieces = [slice(a, min(a + SLICE, stop)) for a in range(start, stop, SLICE)]
+            prepared = [scorer.prepare_rows(rows) for rows in pieces]  # once for every tile
+            jobs = [pool.submit(run, g, pieces, prepared) for g in groups]
+            for job in jobs:
+                job.result()
 
 
 def _by_column(rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -387,6 +409,7 @@ def _push_chunk(top: StreamingTopK, scores: np.ndarray, start: int) -> None:
         values = scores[rows, cols]
         ok = values > -np.inf
         top.push(rows[ok], start + cols[ok], values[ok])
+        top.settle(users)  # their k-th best from now on: the next slices are compared to it
         bar[users] = np.inf  # done for this slice
     hits = np.flatnonzero(scores > bar[:, None])  # -inf never passes
     if len(hits):
@@ -403,6 +426,20 @@ def _fill_unscored(rows: np.ndarray, scores: np.ndarray, width: int) -> None:
         free = np.setdiff1d(np.arange(width + finite), taken)[: width - finite]
         rows[u, finite:width] = free
         scores[u, finite:width] = -np.inf
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one CPU thread for a 64-row model call: a call is a few small ops, and with
+    torch's default two threads on a loaded 2-core machine each op waited for the second
+    thread to be scheduled: discover's model calls took 70 ms each instead of 0.5 ms
+    (1,024 users: 1.1 s against 0.01 s; docs/BENCHMARKS.md). No effect on other devices."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def padded_rows(rows: sp.csr_matrix, size: int) -> sp.csr_matrix:
