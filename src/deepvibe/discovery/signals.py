@@ -43,7 +43,7 @@ from deepvibe.model.vae import HybridVAE
 from deepvibe.ranking.topk import StreamingTopK, top_k
 
 TILE = 64  # users per model call and per scoring tile (padded: one fixed shape)
-SLICE = 8192  # space rows per scoring tile: (TILE x SLICE) float32 = 2 MiB, stays in cache
+SLICE = 16_384  # space rows per scoring tile: (TILE x SLICE) float32, 4 MiB per worker
 
 
 @dataclass(frozen=True)
@@ -381,6 +381,7 @@ def _rank_chunks(
         for start in range(0, n_space, chunk):
             stop = min(start + chunk, n_space)
             # (TILE, SLICE) float32 scores stay in cache while every step of the score runs
+            # (1,000,000 tracks x 256 users: 0.89 CPU s with 8,192, 0.78 with 16,384 or more)
             pieces = [slice(a, min(a + SLICE, stop)) for a in range(start, stop, SLICE)]
             prepared = [scorer.prepare_rows(rows) for rows in pieces]  # once for every tile
             jobs = [pool.submit(run, g, pieces, prepared) for g in groups]
