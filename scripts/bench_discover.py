@@ -267,7 +267,13 @@ def same_reports(batch_dir: Path, alone_dir: Path) -> tuple[int, int]:
 
 
 def bench_batch(
-    root: Path, n_users: int, rev: str, repeat: int, check: int, compare_hybrid: bool = False
+    root: Path,
+    n_users: int,
+    rev: str,
+    repeat: int,
+    check: int,
+    compare_hybrid: bool = False,
+    baseline_sources: tuple[str, ...] = (),
 ) -> dict[str, object]:
     """``discover --all`` for ``n_users`` over the database in ``root/data``: this package
     against ``rev``'s, each in its own folder (own cache, own reports); with
@@ -308,6 +314,10 @@ def bench_batch(
         out["speedup"] = new["users_per_s"] / base["users_per_s"]  # type: ignore[index]
         out["speedup_cpu"] = new["users_per_cpu_s"] / base["users_per_cpu_s"]  # type: ignore[index]
         print("batch, baseline:", out["baseline"], flush=True)
+        for source in baseline_sources:  # the old code's other paths, where it has --source
+            extra = ("--source", source)
+            out[f"baseline_{source}"] = users_per_second(old, n_users, src, 1, extra)
+            print(f"batch, baseline --source {source}:", out[f"baseline_{source}"], flush=True)
     return out
 
 
@@ -463,6 +473,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baseline-rev", default="d94dc13", help="git revision of the baseline ('none': skip)"
     )
     ap.add_argument(
+        "--baseline-source", nargs="*", default=[], choices=("dna", "db"),
+        help="also time the baseline with these --source values (revisions that have it)",
+    )  # fmt: skip
+    ap.add_argument(
         "--hybrid", action="store_true",
         help="with --batch: also time the hybrid (--source db) against the DNA-only scan",
     )  # fmt: skip
@@ -514,8 +528,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result["cli"], indent=1), flush=True)
         if "batch" in parts:
             result["batch"] = bench_batch(
-                root, args.batch, args.baseline_rev, args.repeat, args.check_users, args.hybrid
-            )
+                root, args.batch, args.baseline_rev, args.repeat, args.check_users, args.hybrid,
+                tuple(args.baseline_source),
+            )  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)
         if "many_users" in parts:
             result["many_users"] = bench_many_users(tmp / "many", args.many_users)
