@@ -21,3 +21,9 @@ def test_defect10_bench_discover_runs_the_10m_test_only_when_asked() -> None:
     assert bench.plan(bench.parse_args(["--tracks", "100000"])) == ["speed"]
     asked = bench.parse_args(["--tracks", "100000", "--big", "10000000", "--batch", "2000"])
     assert bench.plan(asked) == ["speed", "batch", "memory"]
+
+
+def test_bench_discover_compares_the_hybrid_only_when_asked() -> None:
+    bench = _bench()
+    assert not bench.parse_args(["--batch", "2000"]).hybrid
+    assert bench.parse_args(["--batch", "2000", "--hybrid", "--baseline-rev", "none"]).hybrid

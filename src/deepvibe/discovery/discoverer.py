@@ -24,6 +24,7 @@ user's report is the same whether they are discovered alone or with 100,000 othe
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,8 +44,8 @@ from deepvibe.discovery.dna import vibe_dna
 from deepvibe.discovery.hybrid import (
     DEFAULT_NEW_ARTIST_WEIGHTS,
     DEFAULT_WEIGHTS,
+    PARTS,
     HybridWeights,
-    why,
 )
 from deepvibe.discovery.report import (
     Discovery,
@@ -60,6 +61,7 @@ from deepvibe.discovery.signals import (
     HybridScorer,
     TrackSpace,
     UserInputs,
+    one_torch_thread,
     padded_rows,
     rank_space,
 )
@@ -195,9 +197,9 @@ class Discoverer:
         out = np.empty((plays.shape[0], len(self.track_ids)), dtype=np.float32)
         for a in range(0, plays.shape[0], MODEL_ROWS):
             rows = padded_rows(plays[a : a + MODEL_ROWS], MODEL_ROWS)
-            out[a : a + MODEL_ROWS] = encode_and_score(self.model, rows, self.track_features)[1][
-                : min(MODEL_ROWS, plays.shape[0] - a)
-            ]
+            with one_torch_thread():
+                scores = encode_and_score(self.model, rows, self.track_features)[1]
+            out[a : a + MODEL_ROWS] = scores[: min(MODEL_ROWS, plays.shape[0] - a)]
         return out
 
     def dna(self, scores: np.ndarray) -> np.ndarray:
@@ -316,17 +318,17 @@ class Discoverer:
     # -- one block
 
     def _block(self, batch: UserBatch, n: int, mode: Mode) -> DiscoveryBlock:
-        scores = self.scores(batch.plays)  # (b, n)
-        has_features = self.track_features.shape[1] > 0
-        dna = self.dna(scores) if has_features else np.zeros((len(batch.users), 0))
-        dna_raw = self.scaler.inverse(dna) if has_features else dna
-        if self.hybrid is not None:
+        if self.hybrid is not None:  # its own model pass and DNA (HybridScorer.user_inputs)
             tracks, hits, dna = self._from_hybrid(batch, n, mode)
             dna_raw = self.scaler.inverse(dna)
             assert self.database is not None
             pct = self.database.percentiles(dna_raw)
-            base = "similarity"
-        elif self.database is not None:
+            return self._assemble(batch, n, mode, tracks, hits, dna, dna_raw, pct, "similarity")
+        scores = self.scores(batch.plays)  # (b, n)
+        has_features = self.track_features.shape[1] > 0
+        dna = self.dna(scores) if has_features else np.zeros((len(batch.users), 0))
+        dna_raw = self.scaler.inverse(dna) if has_features else dna
+        if self.database is not None:
             tracks, hits = self._from_database(dna, n, mode, batch)
             pct = self.database.percentiles(dna_raw)
             base = "similarity"
@@ -334,6 +336,13 @@ class Discoverer:
             tracks, hits = self._from_catalogue(scores, n, mode, batch)
             pct = self._catalogue_percentiles(dna_raw)
             base = "decoder_score"
+        return self._assemble(batch, n, mode, tracks, hits, dna, dna_raw, pct, base)
+
+    def _assemble(
+        self, batch: UserBatch, n: int, mode: Mode, tracks: pa.Table, hits: _Hits,
+        dna: np.ndarray, dna_raw: np.ndarray, pct: np.ndarray, base: str,
+    ) -> DiscoveryBlock:  # fmt: skip
+        """Each user's first n hits as a block (offsets into the long table)."""
         first = _first_n_per_user(hits, len(batch.users), n)
         counts = np.bincount(first.users, minlength=len(batch.users))
         offsets = np.concatenate([[0], np.cumsum(counts)])  # (b + 1,)
@@ -395,7 +404,7 @@ class Discoverer:
         uniq, where = np.unique(picked, return_inverse=True)
         tracks = track_table(db.take_arrow(uniq))  # one metadata read for the whole block
         similarity = np.einsum("ij,ij->i", inputs.dna[users], space.units[picked])
-        reasons = np.asarray(_reasons(scorer, inputs, rows, found, batch, space), dtype=object)
+        reasons = _reasons(scorer, inputs, rows, found, space)
         score = scores[users, slot].astype(np.float64)
         hits = _Hits(users, where, similarity.astype(np.float64), score, reasons)
         return tracks, hits, inputs.dna_raw.astype(np.float64)
@@ -535,34 +544,99 @@ def _reasons(
     inputs: UserInputs,
     rows: np.ndarray,
     found: np.ndarray,
-    batch: UserBatch,
     space: TrackSpace,
-) -> list[str]:
-    """The ``why`` of each found (user, track), users in order: the part that added most."""
-    out: list[str] = []
-    names = space.names if space.names is not None else space.track_ids
-    for u in range(rows.shape[0]):
-        picked = rows[u, found[u]]
-        if len(picked) == 0:
-            continue
-        one = _one_user(inputs, u)
-        parts = {k: v[0] for k, v in scorer.parts(one, picked).items()}  # (k,) each
-        played = inputs.history[u].indices
-        played = played[space.has_features[played]]
-        out += why(
-            parts, scorer.weights, int(inputs.history[u].nnz), space.units[picked],
-            space.units[played], np.asarray(names, dtype=object)[played],
-        )  # fmt: skip
+) -> np.ndarray:
+    """The ``why`` of each found (user, track), users in order: the part that added most,
+    as :func:`deepvibe.discovery.hybrid.why` says it, for the whole block at once.
+
+    Parts are computed per (user, track) pair (one user tile at a time over the tile's
+    picked tracks; the DNA cosine pair by pair), so a user's reasons do not depend on who
+    else is in the block."""
+    users, slot = np.nonzero(found)
+    picked = rows[users, slot]
+    parts = _pair_parts(scorer, inputs, users, picked)
+    names = [p for p in PARTS if p in parts]
+    out = np.full(len(users), "", dtype=object)
+    if not names or not len(users):
+        return out
+    weights = scorer.weights.to_dict()
+    contrib = np.stack([weights[p] * parts[p].astype(np.float64) for p in names])  # (P, H)
+    history = inputs.history
+    played = [r[space.has_features[r]] for r in np.split(history.indices, history.indptr[1:-1])]
+    if "dna" in names:
+        no_history = np.array([len(h) == 0 for h in played])
+        contrib[names.index("dna"), no_history[users]] = np.nan
+    best = np.argmax(np.nan_to_num(contrib, nan=-np.inf), axis=0)  # (H,)
+    value = contrib[best, np.arange(len(users))]
+    said = np.isfinite(value)
+    if "dna" in names:
+        said &= (value > 0) | (best == names.index("dna"))
+    else:
+        said &= value > 0
+    if "artist" in names:
+        pick = np.flatnonzero(said & (best == names.index("artist")))
+        n_history = np.diff(history.indptr).astype(np.float32)[users[pick]]
+        counts = np.rint(parts["artist"][pick] * n_history).astype(np.int64)  # round(): even
+        out[pick] = _labels(counts, lambda c: f"artist: {c} of your tracks")
+    if "dna" in names:
+        pick = np.flatnonzero(said & (best == names.index("dna")))
+        nearest = _nearest_played(users[pick], picked[pick], played, space)
+        shown = np.asarray(space.names if space.names is not None else space.track_ids, object)
+        out[pick] = _labels(nearest, lambda t: f"sounds like: {shown[t]}")
+    for part in ("collab", "decoder"):
+        if part in names:
+            out[np.flatnonzero(said & (best == names.index(part)))] = "listeners like you"
     return out
 
 
-def _one_user(inputs: UserInputs, u: int) -> UserInputs:
-    pick = slice(u, u + 1)
-    return UserInputs(
-        inputs.dna[pick], inputs.dna_raw[pick], inputs.shares[pick],
-        None if inputs.collab is None else inputs.collab[pick], inputs.decoder_z[pick],
-        inputs.history[pick], inputs.usable[pick],
-    )  # fmt: skip
+def _pair_parts(
+    scorer: HybridScorer, inputs: UserInputs, users: np.ndarray, picked: np.ndarray
+) -> dict[str, np.ndarray]:
+    """(H,) float32 value of each part for each (users[i], picked[i]) pair."""
+    out: dict[str, list[np.ndarray]] = {}
+    bounds = np.searchsorted(users, np.arange(0, inputs.dna.shape[0] + TILE, TILE))
+    for t, (a, b) in enumerate(itertools.pairwise(bounds)):
+        if a == b:
+            continue
+        first = t * TILE
+        tile = inputs.padded(first, min(first + TILE, inputs.dna.shape[0]), TILE)
+        cols, where = np.unique(picked[a:b], return_inverse=True)
+        parts = scorer.parts(tile, cols)  # (TILE, C) each, exact per element but the dna
+        local = users[a:b] - first
+        for name, values in parts.items():
+            if name != "dna":
+                out.setdefault(name, []).append(values[local, where])
+        if "dna" in parts:  # the cosine pair by pair (a product's rounding depends on C)
+            units = scorer.space.units[picked[a:b]]
+            cos = np.einsum("ij,ij->i", tile.dna[local], units)
+            cos[~scorer.space.has_features[picked[a:b]]] = np.nan
+            out.setdefault("dna", []).append(cos.astype(np.float32))
+    return {name: np.concatenate(v) for name, v in out.items()}
+
+
+def _nearest_played(
+    users: np.ndarray, tracks: np.ndarray, played: list[np.ndarray], space: TrackSpace
+) -> np.ndarray:
+    """Per (user, track) pair, the space row of the user's played track (with features) most
+    similar to the track (the first played one when the user has none)."""
+    out = np.zeros(len(users), dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else []
+    for a, b in itertools.pairwise([*starts, len(users)]):
+        mine = played[users[a]]
+        if len(mine) == 0:
+            out[a:b] = 0
+            continue
+        sims = space.units[tracks[a:b]] @ space.units[mine].T  # (k, h)
+        out[a:b] = mine[np.argmax(sims, axis=1)]
+    return out
+
+
+def _labels(keys: np.ndarray, text: Callable[[int], str]) -> np.ndarray:
+    """``text(key)`` for each key, each distinct key formatted once: (H,) object."""
+    if not len(keys):
+        return np.zeros(0, dtype=object)
+    uniq, where = np.unique(keys, return_inverse=True)
+    return np.array([text(int(u)) for u in uniq], dtype=object)[where]
 
 
 @dataclass(frozen=True)

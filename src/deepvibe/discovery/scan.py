@@ -272,10 +272,10 @@ def _one_pass(
     """The scan proper: every chunk once; its users split between worker threads (each with
     its own streaming top k), each scoring tiles of (users x tracks) that stay in cache."""
     n_users = scorer.n_users
-    n_workers = max(1, min(_workers(), n_users // _MIN_USERS_PER_WORKER))
+    n_workers = max(1, min(workers(), n_users // _MIN_USERS_PER_WORKER))
     bounds = np.linspace(0, n_users, n_workers + 1).astype(int)
     groups = [_UserGroup(int(a), int(b), k, floor[a:b]) for a, b in itertools.pairwise(bounds)]
-    with _single_threaded_blas(), ThreadPoolExecutor(n_workers) as pool:
+    with single_threaded_blas(), ThreadPoolExecutor(n_workers) as pool:
         for start, size, prepared in _chunks(db, chunk_size, scorer, cache):
             jobs = [pool.submit(g.score_chunk, scorer, prepared, start, size) for g in groups]
             for job in jobs:
@@ -313,7 +313,7 @@ class _UserGroup:
                     self.best.push(rows + local.start, start + c0 + cols, exact)
 
 
-def _workers() -> int:
+def workers() -> int:
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -322,7 +322,7 @@ def _workers() -> int:
 
 
 @contextlib.contextmanager
-def _single_threaded_blas() -> Iterator[None]:
+def single_threaded_blas() -> Iterator[None]:
     """OpenBLAS threads inside each thin (users x 12) @ (12 x tile) product made the scan 2-4
     times slower on a shared 2-core machine (docs/BENCHMARKS.md); the scan runs its own
     threads over users instead. A no-op where numpy's OpenBLAS cannot be found."""
@@ -381,7 +381,7 @@ def scan(
     from tqdm.auto import tqdm
 
     k = max(1, min(int(k), db.n_tracks))
-    with _single_threaded_blas():
+    with single_threaded_blas():
         floor = _estimated_floor(db, scorer, k)
     bar = tqdm(
         total=db.n_tracks, desc="scan", unit="track", unit_scale=True, delay=1.0,

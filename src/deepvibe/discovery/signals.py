@@ -11,6 +11,10 @@ one computation.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -21,7 +25,7 @@ import torch
 from deepvibe.config import DiscoverConfig
 from deepvibe.data.artists import artist_matrix
 from deepvibe.data.tables import FeatureScaler, TrackTable
-from deepvibe.discovery.dna import vibe_dna
+from deepvibe.discovery.dna import on_grid, vibe_dna
 from deepvibe.discovery.hybrid import (
     HybridWeights,
     artist_share_matrix,
@@ -31,13 +35,15 @@ from deepvibe.discovery.hybrid import (
     unit_rows,
     zscore_rows,
 )
+from deepvibe.discovery.scan import single_threaded_blas, workers
 from deepvibe.model.artist_cf import ArtistCF
 from deepvibe.model.inference import score_rows
 from deepvibe.model.sparse import SparseRows
 from deepvibe.model.vae import HybridVAE
-from deepvibe.ranking.topk import top_k
+from deepvibe.ranking.topk import StreamingTopK, top_k
 
 TILE = 64  # users per model call and per scoring tile (padded: one fixed shape)
+SLICE = 16_384  # space rows per scoring tile: (TILE x SLICE) float32, 4 MiB per worker
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,12 @@ class TrackSpace:
 
     def rows_of(self, track_ids: np.ndarray) -> np.ndarray:
         """Space row of each id, -1 where the space does not hold it (a hash lookup)."""
-        return pd.Index(self.track_ids).get_indexer(np.asarray(track_ids, dtype=object))
+        return self._index.get_indexer(np.asarray(track_ids, dtype=object))
+
+    @functools.cached_property
+    def _index(self) -> pd.Index:
+        """The ids' hash table, built once (a 1,000,000-id index takes 0.3 s)."""
+        return pd.Index(self.track_ids)
 
     def to_space(self, plays: sp.csr_matrix, track_ids: np.ndarray) -> sp.csr_matrix:
         """(U, len(track_ids)) plays -> (U, n) over the space's rows; unknown tracks drop."""
@@ -213,7 +224,8 @@ class HybridScorer:
             b = min(a + TILE, n_users)
             profile = self._profile(padded_rows(history[a:b], TILE))
             x = SparseRows.from_csr(padded_rows(catalogue_plays[a:b], TILE)).to(device)
-            _, tile = score_rows(self.model, x.binary(), profile.to(device))
+            with one_torch_thread():
+                _, tile = score_rows(self.model, x.binary(), profile.to(device))
             tile_np = tile.float().cpu().numpy()
             scores[a:b] = tile_np[: b - a]
             dna_tile = _vibe_dna(tile_np, self.features.numpy(), self.temperature, self.top_k)
@@ -247,24 +259,50 @@ class HybridScorer:
         mean = (weights @ self.space.standardised) / np.maximum(total, 1e-8)[:, None]
         return torch.from_numpy(np.asarray(mean, dtype=np.float32))
 
+    def prepare_rows(self, rows: slice) -> dict[str, object]:
+        """The track side of a contiguous slice of the space, shared by every user tile that
+        scores it (sliced and converted once per chunk, not once per tile)."""
+        s = self.space
+        artists = sp.csr_matrix(s.artists[rows], dtype=np.float32)
+        cf = None if self.cf_artists is None else sp.csr_matrix(self.cf_artists[rows])
+        if cf is not None:
+            cf.sort_indices()
+        return {
+            "units": s.units[rows], "has_features": s.has_features[rows], "artists": artists,
+            "catalogue_index": s.catalogue_index[rows], "cf_artists": cf,
+            "grid_units": np.ascontiguousarray(on_grid(s.units[rows]).T),  # (f, C) float64
+            "all_features": bool(s.has_features[rows].all()),
+        }  # fmt: skip
+
     def score(
-        self, users: UserInputs, rows: slice, weights: HybridWeights | None = None
+        self,
+        users: UserInputs,
+        rows: slice,
+        weights: HybridWeights | None = None,
+        prepared: dict[str, object] | None = None,
     ) -> np.ndarray:
         """(U, rows) hybrid scores for a contiguous slice of the space (no exclusions), with
-        the scorer's weights unless others are given."""
-        w, s = weights or self.weights, self.space
+        the scorer's weights unless others are given; ``prepared``: :meth:`prepare_rows` of
+        the same slice.
+
+        The parts of :func:`hybrid.score_direct`, with the DNA cosine computed exactly (unit
+        vectors on the grid of :func:`dna.on_grid`, float64 sums without rounding) and then
+        rounded to float32: a float32 product's rounding depended on the user's row in the
+        tile, so a user's report could differ in the 6th decimal between ``discover --all``
+        and ``discover user`` (2 of 20 users at 1,000,000 tracks)."""
+        w = weights or self.weights
+        p = self.prepare_rows(rows) if prepared is None else prepared
         total = score_direct(
-            replace(w, collab=0.0),
-            user_dna=users.dna,
-            track_units=s.units[rows],
-            has_features=s.has_features[rows],
+            replace(w, dna=0.0, collab=0.0),
             user_shares=users.shares,
-            chunk_artists=s.artists[rows],
-            catalogue_index=s.catalogue_index[rows],
+            chunk_artists=p["artists"],
+            catalogue_index=p["catalogue_index"],
             user_decoder_z=users.decoder_z,
-        )
-        if w.collab > 0 and users.collab is not None and self.cf_artists is not None:
-            total += collab_part(np.float32(w.collab) * users.collab, self.cf_artists[rows])
+        )  # type: ignore[arg-type]
+        if w.dna > 0:
+            total += _dna_part(users.dna, p, np.float32(w.dna))
+        if w.collab > 0 and users.collab is not None and p["cf_artists"] is not None:
+            total += collab_part(np.float32(w.collab) * users.collab, p["cf_artists"])
         return total
 
     def parts(self, users: UserInputs, rows: slice) -> dict[str, np.ndarray]:
@@ -295,52 +333,146 @@ def rank_space(
     weights: HybridWeights | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k best space rows per user: (U, k) rows and (U, k) float32 scores, best first
-    (score descending, then row ascending: the result never depends on ``chunk``).
+    (score descending, then row ascending). Scores are computed on (``TILE``, ``SLICE``)
+    tiles at fixed places, so neither they nor the ranking depend on ``chunk`` (rounded to
+    whole slices) or on the other users.
 
     ``excluded`` (U, n) pairs are never returned (a user's history, new-artist exclusions);
     ``penalty`` (n,) is subtracted from every user's scores (inf: never returned). Slots a
-    user cannot fill hold -inf. Memory: U x (chunk + k), whatever the space's size."""
-    n_users = users.dna.shape[0]
+    user cannot fill with a finite score hold -inf, on the lowest rows left (as a full sort
+    would put them); slots beyond the space's size hold row -1. Memory: U x (2k + 1,024)
+    plus the track side of one chunk, whatever the space's size.
+
+    Chunk by chunk, every tile of ``TILE`` users (padded: the same arithmetic for a user
+    alone) is scored and only the scores above the tile's current k-th best enter a
+    streaming top k, so most of the chunk is compared once and never sorted."""
+    n_users, n_space = users.dna.shape[0], len(scorer.space)
+    k = int(k)
+    excluded = None if excluded is None else sp.csr_matrix(excluded)
+    tiles = [(a, min(a + TILE, n_users)) for a in range(0, n_users, TILE)]
+    padded = [users.padded(a, b, TILE) for a, b in tiles]
+    masks = [None if excluded is None else _by_column(excluded[a:b]) for a, b in tiles]
+    best = [StreamingTopK(TILE, max(1, min(k, n_space))) for _ in tiles]
+    with single_threaded_blas():  # thin products: BLAS threads only spin (see scan)
+        _rank_chunks(scorer, padded, masks, best, penalty, chunk, weights)
     rows_out = np.full((n_users, k), -1, np.int64)
     scores_out = np.full((n_users, k), -np.inf, np.float32)
-    excluded = None if excluded is None else sp.csr_matrix(excluded)
-    for a in range(0, n_users, TILE):  # fixed tiles: the same arithmetic for a user alone
-        b = min(a + TILE, n_users)
-        tile = users.padded(a, b, TILE)
-        masked = None if excluded is None else padded_rows(excluded[a:b], TILE)
-        r, v = _rank_tile(scorer, tile, k, masked, penalty, chunk, weights)
-        width = r.shape[1]
-        rows_out[a:b, :width], scores_out[a:b, :width] = r[: b - a], v[: b - a]
+    for (a, b), top in zip(tiles, best, strict=True):
+        ids, values = top.result()
+        width = ids.shape[1]
+        rows_out[a:b, :width], scores_out[a:b, :width] = ids[: b - a], values[: b - a]
+    _fill_unscored(rows_out, scores_out, min(k, n_space))
     return rows_out, scores_out
 
 
-def _rank_tile(
+def _rank_chunks(
     scorer: HybridScorer,
-    users: UserInputs,
-    k: int,
-    excluded: sp.csr_matrix | None,
+    padded: list[UserInputs],
+    masks: list[tuple[np.ndarray, np.ndarray] | None],
+    best: list[StreamingTopK],
     penalty: np.ndarray | None,
     chunk: int,
     weights: HybridWeights | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    n_users = users.dna.shape[0]
-    best_scores = np.full((n_users, 0), -np.inf, np.float32)
-    best_rows = np.zeros((n_users, 0), np.int64)
-    for start in range(0, len(scorer.space), chunk):
-        rows = slice(start, min(start + chunk, len(scorer.space)))
-        scores = scorer.score(users, rows, weights)
-        if penalty is not None:
-            scores -= penalty[rows].astype(np.float32)
-        if excluded is not None:
-            seen = excluded[:, rows].tocoo()
-            scores[seen.row, seen.col] = -np.inf
-        ids = np.broadcast_to(np.arange(rows.start, rows.stop, dtype=np.int64), scores.shape)
-        best_scores = np.concatenate([best_scores, scores], axis=1)
-        best_rows = np.concatenate([best_rows, ids], axis=1)
-        keep = top_k(best_scores, k, best_rows)
-        best_scores = np.take_along_axis(best_scores, keep, axis=1)
-        best_rows = np.take_along_axis(best_rows, keep, axis=1)
-    return best_rows, best_scores
+) -> None:
+    """Every chunk of the space once, for every tile of users (see :func:`rank_space`); the
+    tiles are shared between worker threads (numpy and scipy release the GIL in the large
+    steps), each tile computed exactly as alone."""
+    n_space = len(scorer.space)
+    chunk = max(SLICE, chunk - chunk % SLICE)  # whole slices: the same tiles for any chunk
+    n_workers = max(1, min(workers(), len(padded)))
+    groups = [list(range(w, len(padded), n_workers)) for w in range(n_workers)]
+
+    def run(group: list[int], pieces: list[slice], prepared: list[dict[str, object]]) -> None:
+        for t in group:
+            for rows, track_side in zip(pieces, prepared, strict=True):
+                scores = scorer.score(padded[t], rows, weights, track_side)
+                if penalty is not None:
+                    scores -= penalty[rows].astype(np.float32)
+                if masks[t] is not None:  # (user, row) pairs sorted by row
+                    users, cols = masks[t]  # type: ignore[misc]
+                    a, b = np.searchsorted(cols, (rows.start, rows.stop))
+                    scores[users[a:b], cols[a:b] - rows.start] = -np.inf
+                _push_chunk(best[t], scores, rows.start)
+
+    with ThreadPoolExecutor(n_workers) as pool:
+        for start in range(0, n_space, chunk):
+            stop = min(start + chunk, n_space)
+            # (TILE, SLICE) float32 scores stay in cache while every step of the score runs
+            # (1,000,000 tracks x 256 users: 0.89 CPU s with 8,192, 0.78 with 16,384 or more)
+            pieces = [slice(a, min(a + SLICE, stop)) for a in range(start, stop, SLICE)]
+            prepared = [scorer.prepare_rows(rows) for rows in pieces]  # once for every tile
+            jobs = [pool.submit(run, g, pieces, prepared) for g in groups]
+            for job in jobs:
+                job.result()
+
+
+def _by_column(rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(b, n) sparse pairs -> (user, column) int arrays sorted by column."""
+    coo = sp.coo_matrix(rows)
+    order = np.argsort(coo.col, kind="stable")
+    return coo.row[order].astype(np.int64), coo.col[order].astype(np.int64)
+
+
+def _push_chunk(top: StreamingTopK, scores: np.ndarray, start: int) -> None:
+    """The (TILE, C) finite scores of a slice that can still enter each user's top k: above
+    the user's k-th best so far (a tie loses to the lower row kept); a user without a k-th
+    best yet takes the slice's own top k (the rest of the slice is beaten by k of it)."""
+    bar = top.threshold.astype(np.float32)  # exact: the kept scores are float32 values
+    short = np.isneginf(bar)
+    if short.any() and scores.shape[1] > top.k:
+        users = np.flatnonzero(short)
+        cols = top_k(scores[users], top.k)  # (short, k), best first, ties by column
+        rows = np.repeat(users, top.k)
+        cols = cols.ravel()
+        values = scores[rows, cols]
+        ok = values > -np.inf
+        top.push(rows[ok], start + cols[ok], values[ok])
+        top.settle(users)  # their k-th best from now on: the next slices are compared to it
+        bar[users] = np.inf  # done for this slice
+    hits = np.flatnonzero(scores > bar[:, None])  # -inf never passes
+    if len(hits):
+        rows, cols = np.divmod(hits, scores.shape[1])
+        top.push(rows, start + cols, scores[rows, cols])
+
+
+def _fill_unscored(rows: np.ndarray, scores: np.ndarray, width: int) -> None:
+    """Slots past a user's finite scores (up to ``width``) get the lowest rows not already
+    listed, score -inf: where a full sort (score, then row) puts them."""
+    for u in np.flatnonzero(~np.isfinite(scores[:, :width]).all(axis=1)):
+        finite = int(np.isfinite(scores[u]).sum())
+        taken = rows[u, :finite]
+        free = np.setdiff1d(np.arange(width + finite), taken)[: width - finite]
+        rows[u, finite:width] = free
+        scores[u, finite:width] = -np.inf
+
+
+def _dna_part(user_dna: np.ndarray, prepared: dict[str, object], weight: np.float32) -> np.ndarray:
+    """(U, C) float32 weight x cosine, 0 for a track without features or a user without a
+    finite DNA; each cosine is exact on the grid, whatever the tile (see HybridScorer.score).
+    Costs a float64 product: +0.4 ms per (64 x 16,384) tile against a float32 one."""
+    dna = np.asarray(user_dna, np.float32)
+    finite = np.isfinite(dna).all(axis=1)
+    grid = on_grid(np.where(finite[:, None], dna, 0.0))  # (U, f) float64
+    exact = grid @ prepared["grid_units"]  # type: ignore[operator]  # (U, C) float64, exact
+    cos = exact.astype(np.float32)
+    cos *= weight
+    if not prepared["all_features"]:
+        cos[:, ~np.asarray(prepared["has_features"], bool)] = 0.0
+    return cos
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one CPU thread for a 64-row model call: a call is a few small ops, and with
+    torch's default two threads on a loaded 2-core machine each op waited for the second
+    thread to be scheduled: discover's model calls took 70 ms each instead of 0.5 ms
+    (1,024 users: 1.1 s against 0.01 s; docs/BENCHMARKS.md). No effect on other devices."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def padded_rows(rows: sp.csr_matrix, size: int) -> sp.csr_matrix:

@@ -113,6 +113,11 @@ class StreamingTopK:
         self.ids[rows, slot] = ids
         self.fill += counts
 
+    def settle(self, rows: np.ndarray) -> None:
+        """Keep only the k best of each of ``rows`` now, so that ``threshold`` is their k-th
+        best (it is otherwise raised only when a row's buffer fills)."""
+        self._compact(np.asarray(rows, dtype=np.int64))
+
     def _compact(self, rows: np.ndarray) -> None:
         """Keep only the k best of each of ``rows`` and raise their thresholds."""
         if len(rows) == 0:
