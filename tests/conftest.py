@@ -14,6 +14,18 @@ from deepvibe.data.synth import ToyData, make_toy_data, write_toy_data
 
 torch.set_num_threads(1)  # the suite shares 2 cores; small models gain nothing from more
 
+# Device tests run on every device torch sees: the CPU always, CUDA and MPS where present
+# (skipped with a reason elsewhere, never failed).
+MPS = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
+    ),
+    pytest.param("mps", marks=pytest.mark.skipif(not MPS, reason="no MPS device here")),
+]
+
 
 @pytest.fixture(scope="session")
 def toy() -> ToyData:

@@ -8,24 +8,15 @@ import pytest
 import torch
 
 import deepvibe.model.device as device_module
+from conftest import DEVICES, MPS
 from deepvibe.errors import ConfigError
 from deepvibe.model.device import autocast, model_device, resolve_device, resolve_precision
 from deepvibe.model.inference import encode_and_score
 from deepvibe.model.vae import HybridVAE, VAEArch
 
-_MPS = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
-    ),
-    pytest.param("mps", marks=pytest.mark.skipif(not _MPS, reason="no MPS device here")),
-]
-
 
 def test_auto_prefers_cuda_then_mps_then_cpu() -> None:
-    expected = "cuda" if torch.cuda.is_available() else "mps" if _MPS else "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "mps" if MPS else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu") == torch.device("cpu")
 

@@ -11,23 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import small_config
+from conftest import DEVICES, small_config
 from deepvibe.cli import app
 from deepvibe.model.device import model_device
 from deepvibe.model.inference import scorer
 from deepvibe.ranking.metrics import evaluate_scorer
 from deepvibe.training.checkpoint import load_checkpoint
 from deepvibe.training.train import train, validation_foldin
-
-_MPS = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
-    ),
-    pytest.param("mps", marks=pytest.mark.skipif(not _MPS, reason="no MPS device here")),
-]
 
 
 @pytest.mark.parametrize("device", DEVICES)
