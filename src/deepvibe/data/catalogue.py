@@ -39,6 +39,16 @@ def load_catalogue_features(cfg: DataConfig, require_artists: bool = False) -> T
     )
 
 
+def load_database_table(cfg: DataConfig) -> TrackTable:
+    """The track database (``data.database``) in memory, read like the features table but
+    with up to half its rows allowed to lack features (those are dropped)."""
+    return load_track_table(
+        cfg.database, cfg.feature_track_column, cfg.feature_columns, cfg.popularity_column,
+        cfg.name_column, cfg.artist_column, what="track database", drop_incomplete=True,
+        max_incomplete=0.5,
+    )  # fmt: skip
+
+
 def select_catalogue(
     inter: Interactions,
     tracks: TrackTable | None,

@@ -29,8 +29,8 @@ import scipy.sparse as sp
 import torch
 
 from deepvibe.config import Config
+from deepvibe.data.catalogue import load_database_table
 from deepvibe.data.dataset import Dataset, uses_database_validation
-from deepvibe.data.tables import load_track_table
 from deepvibe.discovery.hybrid import (
     DEFAULT_NEW_ARTIST_WEIGHTS,
     DEFAULT_WEIGHTS,
@@ -67,12 +67,7 @@ MODE_KEYS = {
 def load_database_space(cfg: Config, ds: Dataset) -> TrackSpace:
     """The configured track database (``data.database``) as a :class:`TrackSpace` in the
     dataset's standardised feature space (tracks with incomplete features dropped)."""
-    d = cfg.data
-    table = load_track_table(
-        d.database, d.feature_track_column, d.feature_columns, d.popularity_column,
-        d.name_column, d.artist_column, what="track database", drop_incomplete=True,
-        max_incomplete=0.5,
-    )  # fmt: skip
+    table = load_database_table(cfg.data)
     return TrackSpace.from_table(table, ds.scaler, ds.track_ids)
 
 

@@ -40,9 +40,9 @@ import scipy.sparse as sp
 
 from deepvibe.config import Config, config_from_dict
 from deepvibe.data.artists import artist_matrix
-from deepvibe.data.catalogue import load_catalogue_features
+from deepvibe.data.catalogue import load_catalogue_features, load_database_table
 from deepvibe.data.dataset import build_dataset, uses_database_validation
-from deepvibe.data.tables import Interactions, TrackTable, load_interactions, load_track_table
+from deepvibe.data.tables import Interactions, TrackTable, load_interactions
 from deepvibe.discovery.hybrid import DEFAULT_NEW_ARTIST_WEIGHTS, HybridWeights
 from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs
 from deepvibe.discovery.validation import (
@@ -138,11 +138,7 @@ def load_discovery_data(cfg: Config) -> DiscoveryData:
     """Read the interactions, the features table and the database; build the pairs (step 1)."""
     require_database(cfg)
     d = cfg.data
-    database = load_track_table(
-        d.database, d.feature_track_column, d.feature_columns, d.popularity_column,
-        d.name_column, d.artist_column, what="track database", drop_incomplete=True,
-        max_incomplete=0.5,
-    )  # fmt: skip
+    database = load_database_table(d)
     complete = np.isfinite(np.asarray(database.features, np.float64)).all(axis=1)
     if database.complete is not None:
         complete &= np.asarray(database.complete, bool)
