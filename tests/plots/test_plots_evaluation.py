@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from matplotlib.container import BarContainer
 from plots_support import check_png
 
 from deepvibe.errors import DataError
+from deepvibe.evaluation.evaluate import summarise
 from deepvibe.plots.evaluation import evaluation_figure, plot_evaluation
 from deepvibe.plots.evaluation_report import load_report, method_stats, mode_of
 
@@ -62,39 +61,6 @@ def make_runs(methods=METHODS, seeds: int = 3, cold: bool = True) -> list[dict[s
     return runs
 
 
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The same structure as evaluate.summarise (checked against it below when importable)."""
-    collected: dict[str, dict[str, dict[str, list[float]]]] = {}
-
-    def add(section: str, model: str, numbers: dict[str, Any]) -> None:
-        slot = collected.setdefault(section, {}).setdefault(model, {})
-        for k, v in numbers.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                slot.setdefault(k, []).append(float(v))
-
-    for run in runs:
-        for name, m in run["models"].items():
-            add("validation", name, m["validation"])
-            add("test", name, m["test"])
-            add("info", name, m["info"])
-        for name, m in (run.get("cold_start") or {}).get("models", {}).items():
-            add("cold_start_all", name, m["all_heldout"])
-            add("cold_start_cold", name, m["cold_heldout"])
-            add("cold_start_info", name, m["info"])
-
-    def stat(values: list[float]) -> dict[str, Any]:
-        arr = np.array([v for v in values if math.isfinite(v)])
-        if not len(arr):
-            return {"mean": None, "std": None, "n": 0}
-        std = float(arr.std(ddof=1)) if len(arr) > 1 else None
-        return {"mean": float(arr.mean()), "std": std, "n": len(arr)}
-
-    return {
-        section: {model: {k: stat(v) for k, v in ms.items()} for model, ms in by_model.items()}
-        for section, by_model in collected.items()
-    }
-
-
 def make_report(seeds: int = 3, cold: bool = True) -> dict[str, Any]:
     runs = make_runs(seeds=seeds, cold=cold)
     return {
@@ -115,19 +81,6 @@ def bar_widths(ax, metric: str) -> dict[str, tuple[float, float]]:
     return {
         b.get_gid().split(":", 1)[1]: (b.get_width(), h) for b, h in zip(bars, halves, strict=True)
     }
-
-
-def test_summary_helper_matches_evaluate_summarise() -> None:
-    for module in ("deepvibe.evaluation.evaluate", "deepvibe.evaluate"):
-        try:
-            real = importlib.import_module(module).summarise
-            break
-        except ImportError:
-            continue
-    else:
-        pytest.skip("evaluate.summarise is not importable here")
-    runs = make_runs()
-    assert summarise(runs) == real(runs)
 
 
 def test_bars_are_seed_means_with_std_error_bars_best_first() -> None:
