@@ -24,7 +24,6 @@ from deepvibe.discovery.hybrid import (
     pool_ndcg,
     score_chunk,
     score_direct,
-    take_parts,
     unit_rows,
     why,
 )
@@ -207,12 +206,6 @@ def test_why_names_the_part_that_contributed_most() -> None:
         "",
         "listeners like you",
     ]
-
-
-def test_take_parts_gathers_top_columns() -> None:
-    parts = {"dna": np.arange(12, dtype=np.float32).reshape(2, 6)}
-    got = take_parts(parts, np.array([[5, 0], [1, 2]]))
-    np.testing.assert_array_equal(got["dna"], [[5, 0], [7, 8]])
 
 
 # ------------------------------------------------------------------------------ candidate pool

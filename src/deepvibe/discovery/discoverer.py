@@ -46,6 +46,7 @@ from deepvibe.discovery.hybrid import (
     DEFAULT_WEIGHTS,
     PARTS,
     HybridWeights,
+    strongest_part,
 )
 from deepvibe.discovery.report import (
     Discovery,
@@ -563,16 +564,8 @@ def _reasons(
     contrib = np.stack([weights[p] * parts[p].astype(np.float64) for p in names])  # (P, H)
     history = inputs.history
     played = [r[space.has_features[r]] for r in np.split(history.indices, history.indptr[1:-1])]
-    if "dna" in names:
-        no_history = np.array([len(h) == 0 for h in played])
-        contrib[names.index("dna"), no_history[users]] = np.nan
-    best = np.argmax(np.nan_to_num(contrib, nan=-np.inf), axis=0)  # (H,)
-    value = contrib[best, np.arange(len(users))]
-    said = np.isfinite(value)
-    if "dna" in names:
-        said &= (value > 0) | (best == names.index("dna"))
-    else:
-        said &= value > 0
+    no_history = np.array([len(h) == 0 for h in played], bool)[users]
+    best, said = strongest_part(contrib, names, no_history)  # (H,) each
     if "artist" in names:
         pick = np.flatnonzero(said & (best == names.index("artist")))
         n_history = np.diff(history.indptr).astype(np.float32)[users[pick]]

@@ -253,17 +253,7 @@ def score_direct(
     return total
 
 
-def active_parts(weights: HybridWeights) -> tuple[str, ...]:
-    """The parts with a positive weight (the only ones worth computing)."""
-    return tuple(p for p in PARTS if getattr(weights, p) > 0)
-
-
 # ---------------------------------------------------------------------------------------- why
-def take_parts(parts: Mapping[str, np.ndarray], columns: np.ndarray) -> dict[str, np.ndarray]:
-    """Part values at chosen columns per user: (U, C) parts, (U, k) columns -> (U, k) each."""
-    return {name: np.take_along_axis(v, columns, axis=1) for name, v in parts.items()}
-
-
 def why(
     parts_at_top: Mapping[str, np.ndarray],
     weights: HybridWeights,
@@ -281,14 +271,13 @@ def why(
         return [""] * len(track_units)
     w = weights.to_dict()
     contrib = np.stack([w[p] * np.asarray(parts_at_top[p], np.float64) for p in names])  # (P, k)
-    if "dna" in names and len(history_units) == 0:
-        contrib[names.index("dna")] = np.nan
-    best = np.argmax(np.nan_to_num(contrib, nan=-np.inf), axis=0)  # (k,)
+    no_history = np.full(contrib.shape[1], len(history_units) == 0)
+    best, said = strongest_part(contrib, names, no_history)
     nearest = _nearest(track_units, history_units)
     out = []
     for row, part_index in enumerate(best):
-        part, value = names[part_index], contrib[part_index, row]
-        if not np.isfinite(value) or (value <= 0 and part != "dna"):
+        part = names[part_index]
+        if not said[row]:
             out.append("")
         elif part == "artist":
             out.append(f"artist: {round(parts_at_top['artist'][row] * n_history)} of your tracks")
@@ -297,6 +286,22 @@ def why(
         else:
             out.append("listeners like you")
     return out
+
+
+def strongest_part(
+    contrib: np.ndarray, names: Sequence[str], no_history: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rule behind every ``why``: (P, H) weighted contributions of the parts ``names``
+    -> (H,) index into ``names`` of the part that added most, and (H,) whether it is said
+    (finite, and above 0 unless it is the DNA part). ``no_history`` (H,): pairs whose user has
+    no history track with features, where the DNA part cannot be the reason."""
+    if "dna" in names:
+        contrib = contrib.copy()
+        contrib[names.index("dna"), no_history] = np.nan
+    best = np.argmax(np.nan_to_num(contrib, nan=-np.inf), axis=0)
+    value = contrib[best, np.arange(contrib.shape[1])]
+    is_dna = best == names.index("dna") if "dna" in names else np.zeros(len(best), bool)
+    return best, np.isfinite(value) & ((value > 0) | is_dna)
 
 
 def _nearest(track_units: np.ndarray, history_units: np.ndarray) -> np.ndarray:
