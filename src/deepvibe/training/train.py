@@ -141,6 +141,7 @@ class _Run:
     files: RunFiles
     write_files: bool
     device: torch.device
+    precision: str  # fp32 | bf16: train.precision resolved for the device once
     rows: TrainingRows
     validator: Validator
     model: HybridVAE
@@ -235,8 +236,10 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = HybridVAE(make_arch(cfg, len(ds.track_ids), ds.track_features.shape[1])).to(device)
+    precision = resolve_precision(t.precision, device)
     run = _Run(
-        cfg, ds, files, write_files, device, rows, chosen, model, make_optimizer(model, t),
+        cfg, ds, files, write_files, device, precision, rows, chosen, model,
+        make_optimizer(model, t),
         n_batches=math.ceil(rows.n_rows / t.batch_size), restore_best=restore_best, ranks=ranks,
     )  # fmt: skip
     artist_cf = getattr(chosen, "artist_cf", None) or fit_artist_cf(ds)
@@ -245,7 +248,6 @@ def train(
     if ck is not None:
         _resume(run, ck, Path(resume))  # type: ignore[arg-type]
     run.net = ranks.wrap(model)  # after the resume: DDP starts from rank 0's weights
-    precision = resolve_precision(t.precision, device)
     log.info("training on %s (%s), validation by %s", device, precision, chosen.name)
 
     start_epoch, interrupted = run.epoch, False
@@ -348,7 +350,7 @@ def _run_epoch(
         for group in run.optimizer.param_groups:
             group["lr"] = lr
 
-        with autocast(run.device, t.precision):
+        with autocast(run.device, run.precision):
             scores, recon, mu, logvar = run.net(batch.x, batch.profile)
         parts = vae_loss(
             scores.float(), batch.target, recon.float(), batch.profile_target, mu.float(),
