@@ -41,6 +41,7 @@ from torch import nn
 
 from deepvibe.config import DEFAULT_FEATURES, Config, load_config
 from deepvibe.data.dataset import Dataset, build_dataset
+from deepvibe.model.device import resolve_device
 from deepvibe.model.loss import vae_loss
 from deepvibe.model.schedule import cyclical_beta
 from deepvibe.model.vae import audio_profile
@@ -163,7 +164,7 @@ def dense_epochs(cfg: Config, ds: Dataset, epochs: int) -> list[tuple[float, flo
     """(wall, CPU) seconds of each of ``epochs`` epochs of the dense loop (d94dc13's loop
     body) over the training rows, after one warm-up epoch, on ``cfg.train.device``."""
     t = cfg.train
-    device = torch.device("cpu" if t.device == "auto" else t.device)
+    device = resolve_device(t.device)
     user_items = ds.interactions.matrix[np.flatnonzero(ds.rows_of("train"))]
     feats = torch.from_numpy(ds.track_features).to(device)
     torch.manual_seed(cfg.seed)
