@@ -42,8 +42,6 @@ from deepvibe.data.tables import FeatureScaler, TrackTable
 from deepvibe.discovery.database import TrackDatabase, percentiles_from_quantiles
 from deepvibe.discovery.dna import vibe_dna
 from deepvibe.discovery.hybrid import (
-    DEFAULT_NEW_ARTIST_WEIGHTS,
-    DEFAULT_WEIGHTS,
     PARTS,
     HybridWeights,
     strongest_part,
@@ -67,7 +65,7 @@ from deepvibe.discovery.signals import (
     rank_space,
 )
 from deepvibe.discovery.users import HistoryNames, UserBatch
-from deepvibe.discovery.validation import MODE_KEYS, prior_anchor
+from deepvibe.discovery.validation import mode_anchor, mode_weights
 from deepvibe.errors import DataError
 from deepvibe.model.artist_cf import ArtistCF
 from deepvibe.model.inference import encode_and_score
@@ -173,8 +171,8 @@ class Discoverer:
         )  # fmt: skip
         if hybrid and database is not None:
             found.hybrid = hybrid_scorer(ck, cfg, database)
-            found.new_artist_weights = _weights(ck, cfg, "discovery_weights_new_artists")
-            found.new_artist_anchor = _anchor(ck, cfg, "new-artists")
+            found.new_artist_weights = mode_weights(cfg, ck.extras, "new-artists")
+            found.new_artist_anchor = mode_anchor(cfg, ck.extras, "new-artists")
         return found
 
     # -- pieces
@@ -491,10 +489,10 @@ def hybrid_scorer(ck: Checkpoint, cfg: Config, database: TrackDatabase) -> Hybri
     )
     space = TrackSpace.from_table(table, ck.scaler, ck.track_ids)
     extras = ck.extras or {}
-    weights = _weights(ck, cfg, "discovery_weights")
+    weights = mode_weights(cfg, ck.extras, "standard")
     cf_state = extras.get("artist_cf")
     artist_cf = ArtistCF.from_state(cf_state) if cf_state else None
-    anchor = _anchor(ck, cfg, "standard")
+    anchor = mode_anchor(cfg, ck.extras, "standard")
     log.info(
         "hybrid discovery: %s, DNA anchor %g%s", weights, anchor,
         "" if artist_cf else " (no artist model)",
@@ -503,24 +501,6 @@ def hybrid_scorer(ck: Checkpoint, cfg: Config, database: TrackDatabase) -> Hybri
     return HybridScorer.from_settings(
         ck.model, ck.track_features, space, weights, settings, artist_cf
     )
-
-
-def _weights(ck: Checkpoint, cfg: Config, key: str) -> HybridWeights:
-    """The weights fitted at the best epoch under ``key`` (else the mode's prior), with the
-    parts ``discover.weights`` sets in the config taking precedence."""
-    fitted = (ck.extras or {}).get(key)
-    prior = DEFAULT_NEW_ARTIST_WEIGHTS if key.endswith("new_artists") else DEFAULT_WEIGHTS
-    base = prior if not fitted else HybridWeights.from_dict(fitted)
-    return HybridWeights.from_dict(cfg.discover.weights.given(), base=base)
-
-
-def _anchor(ck: Checkpoint, cfg: Config, mode: str) -> float:
-    """A mode's Vibe DNA anchor: chosen on validation users at the best epoch (stored in the
-    checkpoint), else, or with ``discover.anchor_choices: []``, the configured one."""
-    stored = (ck.extras or {}).get(MODE_KEYS[mode][2])
-    if stored is None or not cfg.discover.anchor_choices:
-        return prior_anchor(cfg, mode)
-    return float(stored)
 
 
 def gems_penalty(popularity: np.ndarray, lam: float, ceiling: float | None) -> np.ndarray:

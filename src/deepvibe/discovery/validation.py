@@ -21,6 +21,7 @@ such fits back to the prior.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,25 @@ def prior_anchor(cfg: Config, mode: str) -> float:
     """The configured Vibe DNA anchor of a mode ("standard" or "new-artists")."""
     d = cfg.discover
     return d.dna_anchor_new_artists if mode == "new-artists" else d.dna_anchor
+
+
+def mode_weights(cfg: Config, extras: Mapping[str, Any] | None, mode: str) -> HybridWeights:
+    """The weights a mode ranks with, as ``discover`` picks them: those fitted for the mode at
+    the best epoch (``extras``: the checkpoint's), else the mode's prior, with the parts
+    ``discover.weights`` sets in the config taking precedence."""
+    fitted = (extras or {}).get(MODE_KEYS[mode][0])
+    prior = DEFAULT_NEW_ARTIST_WEIGHTS if mode == "new-artists" else DEFAULT_WEIGHTS
+    base = HybridWeights.from_dict(fitted) if fitted else prior
+    return HybridWeights.from_dict(cfg.discover.weights.given(), base=base)
+
+
+def mode_anchor(cfg: Config, extras: Mapping[str, Any] | None, mode: str) -> float:
+    """A mode's Vibe DNA anchor: chosen on validation users at the best epoch (in
+    ``extras``), else, or with ``discover.anchor_choices: []``, the configured one."""
+    stored = (extras or {}).get(MODE_KEYS[mode][2])
+    if stored is None or not cfg.discover.anchor_choices:
+        return prior_anchor(cfg, mode)
+    return float(stored)
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,14 @@ from deepvibe.data.artists import artist_matrix
 from deepvibe.data.catalogue import load_catalogue_features, load_database_table
 from deepvibe.data.dataset import build_dataset, uses_database_validation
 from deepvibe.data.tables import Interactions, TrackTable, load_interactions
-from deepvibe.discovery.hybrid import DEFAULT_NEW_ARTIST_WEIGHTS, HybridWeights
+from deepvibe.discovery.hybrid import HybridWeights
 from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs
 from deepvibe.discovery.validation import (
     MODE_KEYS,
     DatabaseValidator,
     configured_weights,
-    prior_anchor,
+    mode_anchor,
+    mode_weights,
 )
 from deepvibe.errors import ConfigError
 from deepvibe.evaluation.discovery_baselines import (
@@ -239,14 +240,6 @@ def part_weights(w: HybridWeights) -> dict[str, HybridWeights]:
     }
 
 
-def new_artist_weights(cfg: Config, extras: dict[str, Any]) -> HybridWeights:
-    """As discover picks them: ``discover.weights`` part by part over those fitted for the
-    mode at the best epoch, else over the new-artist prior."""
-    fitted = extras.get("discovery_weights_new_artists")
-    base = HybridWeights.from_dict(fitted) if fitted else DEFAULT_NEW_ARTIST_WEIGHTS
-    return HybridWeights.from_dict(cfg.discover.weights.given(), base=base)
-
-
 def train_deepvibe(
     cfg: Config, data: DiscoveryData, foldin: sp.csr_matrix, settings: DiscoverySettings
 ) -> tuple[DeepvibeScores, HybridWeights, dict[str, Any]]:
@@ -275,12 +268,7 @@ def train_deepvibe(
     artist_cf = ArtistCF.from_state(state) if state is not None else None
     space = TrackSpace.from_table(data.database, ds.scaler, ds.track_ids)
     extras = result.best_extras
-    anchors = {  # as discover picks them: chosen on validation users, else configured
-        mode: float(extras[keys[2]])
-        if extras.get(keys[2]) is not None and cfg.discover.anchor_choices
-        else prior_anchor(cfg, mode)
-        for mode, keys in MODE_KEYS.items()
-    }
+    anchors = {mode: mode_anchor(cfg, extras, mode) for mode in MODE_KEYS}  # as discover
     settings_std = cfg.discover.model_copy(update={"dna_anchor": anchors["standard"]})
     scorer = HybridScorer.from_settings(
         result.model.cpu(), ds.track_features, space, weights, settings_std, artist_cf
@@ -292,7 +280,7 @@ def train_deepvibe(
         "best_validation_ndcg@100": result.best_metric,
         "weights": weights.to_dict(),
         "weights_from": source,
-        "weights_new_artists": new_artist_weights(cfg, extras).to_dict(),
+        "weights_new_artists": mode_weights(cfg, extras, "new-artists").to_dict(),
         "anchor": anchors["standard"],
         "anchor_new_artists": anchors["new-artists"],
         "validation_fit": {
