@@ -75,37 +75,51 @@ class AtomicBatch:
     """
 
     def __init__(self) -> None:
-        self._pending: list[tuple[Path, Path]] = []
-        self._folders: set[Path] = set()  # made already: one mkdir per folder
+        self._pending: list[tuple[str, str]] = []  # (temporary, target)
+        self._folders: set[str] = set()  # made already: one mkdir per folder
         self._count = 0
+        self._tag = f"{os.getpid()}.{id(self):x}"
 
-    def _temporary(self, target: str | os.PathLike[str]) -> tuple[int, Path]:
-        final = Path(target)
-        if final.parent not in self._folders:
-            if final.is_dir():
+    def _temporary(self, target: str | os.PathLike[str]) -> tuple[int, str]:
+        final = os.fspath(target)  # plain strings: thousands of files per batch
+        folder, name = os.path.split(final)
+        if folder not in self._folders:
+            if os.path.isdir(final):
                 raise DeepVibeError(f"{final}: is a folder; give a file name to write to")
-            _make_folder(final.parent, "output folder")
-            self._folders.add(final.parent)
+            _make_folder(Path(folder or "."), "output folder")
+            self._folders.add(folder)
         self._count += 1
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.{id(self):x}.{self._count}.tmp")
+        tmp = os.path.join(folder, f".{name}.{self._tag}.{self._count}.tmp")
         try:  # a name no other writer uses; O_EXCL refuses to follow or reuse anything there
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
         except FileExistsError:  # left by a crashed run with the same process id: a new name
-            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-            os.chmod(name, 0o666 & ~_umask())
-            tmp = Path(name)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
+            os.chmod(tmp, 0o666 & ~_umask())
         except OSError as exc:
             raise DeepVibeError(
-                f"{final.parent}: cannot write here ({exc.strerror}); choose a writable location"
+                f"{folder}: cannot write here ({exc.strerror}); choose a writable location"
             ) from exc
         self._pending.append((tmp, final))
         return fd, tmp
+
+    def write(self, target: str | os.PathLike[str], *parts: bytes | memoryview) -> None:
+        """Write ``parts``, one after the other, as ``target``'s new content (one open, one
+        write, one close: no buffered file object)."""
+        fd, _ = self._temporary(target)
+        try:
+            done, total = os.writev(fd, parts), sum(len(p) for p in parts)
+            if done < total:  # a short write (rare on files): the rest as it comes
+                rest = memoryview(b"".join(parts))[done:]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
+        finally:
+            os.close(fd)
 
     def path(self, target: str | os.PathLike[str]) -> Path:
         """A temporary path to write ``target``'s new content to."""
         fd, tmp = self._temporary(target)
         os.close(fd)
-        return tmp
+        return Path(tmp)
 
     @contextlib.contextmanager
     def open(self, target: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
@@ -120,23 +134,23 @@ class AtomicBatch:
         _sync_all([tmp for tmp, _ in self._pending])
         for tmp, final in self._pending:
             os.replace(tmp, final)
-        _sync_all([final.parent for _, final in self._pending])
+        _sync_all([os.path.dirname(final) or "." for _, final in self._pending])
         self._pending.clear()
 
     def discard(self) -> None:
         for tmp, _ in self._pending:
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                os.unlink(tmp)
         self._pending.clear()
 
 
-def _sync_all(paths: list[Path]) -> None:
+def _sync_all(paths: list[str]) -> None:
     """Flush written files (or renames in folders) to disk: one ``sync`` where there is one,
     else an fsync per distinct path."""
     if hasattr(os, "sync"):
         os.sync()
         return
-    for p in dict.fromkeys(paths):  # pragma: no cover - Windows
+    for p in map(Path, dict.fromkeys(paths)):  # pragma: no cover - Windows
         if p.is_dir():
             _fsync_dir(p)
         else:

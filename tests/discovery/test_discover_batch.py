@@ -17,6 +17,7 @@ from deepvibe.discovery import discoverer as dmod
 from deepvibe.discovery import report as rep
 from deepvibe.discovery import users as du
 from deepvibe.discovery.discoverer import Discoverer
+from deepvibe.fileio import AtomicBatch
 from deepvibe.training.train import train
 
 
@@ -178,16 +179,17 @@ def test_report_writer_leaves_no_half_block(model, tmp_path, monkeypatch) -> Non
         du.load_training_users(model.data), finder.track_ids, ["user_1", "user_2", "user_3"]
     )
     block = next(finder.discover_blocks(batch, 10))
-    calls = [0]
-    write = rep._write_csv
+    reports = [0]
+    write = AtomicBatch.write
 
-    def dies_on_the_third_report(*args):  # noqa: ANN002, ANN202
-        calls[0] += 1
-        if calls[0] == 3:
-            raise OSError("disk full")
-        return write(*args)
+    def dies_on_the_third_report(self, target, *parts):  # noqa: ANN001, ANN002, ANN202
+        if not str(target).endswith("_dna.csv"):
+            reports[0] += 1
+            if reports[0] == 3:
+                raise OSError("disk full")
+        return write(self, target, *parts)
 
-    monkeypatch.setattr(rep, "_write_csv", dies_on_the_third_report)
+    monkeypatch.setattr(AtomicBatch, "write", dies_on_the_third_report)
     with pytest.raises(OSError, match="disk full"):
         rep.ReportWriter(tmp_path, "best", tuple(finder.scaler.columns)).write_block(block)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no report, no temporary file

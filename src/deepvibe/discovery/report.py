@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -86,6 +86,14 @@ class DiscoveryBlock:
         return len(self.users)
 
     @property
+    def columns(self) -> list[str]:
+        """The report's columns: report_columns(base), and ``why`` when the block has it."""
+        columns = report_columns(self.base)
+        if self.why is not None:  # the hybrid's reason, after the numbers
+            columns.insert(columns.index("spotify_url"), "why")
+        return columns
+
+    @property
     def rank(self) -> np.ndarray:
         """(R,) 1-based rank of each row within its user."""
         counts = np.diff(self.offsets)
@@ -100,11 +108,9 @@ class DiscoveryBlock:
         frame.insert(0, "rank", self.rank)
         frame.insert(5, self.base, self.base_values)
         frame.insert(6, "score", self.score)
-        columns = report_columns(self.base)
-        if self.why is not None:  # the hybrid's reason, after the numbers
+        if self.why is not None:
             frame["why"] = self.why
-            columns.insert(columns.index("spotify_url"), "why")
-        return frame[columns]
+        return frame[self.columns]
 
     def arrow(self, safe_text: bool = False, users: slice = slice(None)) -> pa.Table:
         """The rows of ``users`` (default all) as an Arrow table (report_columns(base), and
@@ -126,6 +132,51 @@ class DiscoveryBlock:
             columns["why"] = _safe_text(why) if safe_text else why
         columns["spotify_url"] = tracks.column("spotify_url")
         return pa.table(columns)
+
+    def csv_rows(self, users: slice = slice(None)) -> tuple[memoryview, np.ndarray]:
+        """The rows of ``users`` (default all) as the CSV reports hold them, header aside: the
+        text, and (n + 1,) byte offsets into it where each user's rows start (the last: where
+        they end). The bytes ``pyarrow.csv.write_csv(quoting_style="needed")`` writes for the
+        rows of :meth:`arrow` with ``safe_text``, made for many users at once and cut per user
+        by the offsets (one Arrow writer per user cost more than the file)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        first, last, _ = users.indices(len(self.users))
+        last = max(first, last)
+        rows = slice(int(self.offsets[first]), int(self.offsets[last]))
+        head, tail = self._csv_tracks
+        track = pa.array(self.row_track[rows])
+        cells = [_csv_number(pa.array(self.rank[rows])), head.take(track),
+                 _csv_number(pa.array(self.base_values[rows])),
+                 _csv_number(pa.array(self.score[rows]))]  # fmt: skip
+        if self.why is not None:
+            cells.append(_csv_text(_escaped(_safe_text(pa.array(self.why[rows], pa.string())))))
+        cells.append(tail.take(track))
+        text = pc.binary_join_element_wise(*cells, _large(","))  # (R,) one line per row
+        ends = np.frombuffer(text.buffers()[1], np.int64, len(text) + 1, 8 * text.offset)
+        data = text.buffers()[2]
+        starts = ends[self.offsets[first : last + 1] - self.offsets[first]]
+        return (memoryview(data) if data is not None else memoryview(b"")), starts
+
+    @functools.cached_property
+    def _csv_tracks(self) -> tuple[pa.Array, pa.Array]:
+        """Each distinct track's CSV cells before the row's numbers (track_id, track_name,
+        artists, popularity) and after them (spotify_url and the line end)."""
+        import pyarrow.compute as pc
+
+        safe = self._safe_tracks
+        pop = _csv_number(safe.column("popularity"))
+        text = [_escaped(safe.column(c)) for c in TEXT_COLUMNS]
+        if any(t.null_count for t in text):  # a missing text is an empty cell, not ""
+            head = pc.binary_join_element_wise(*map(_csv_text, text), pop, _large(","))
+        else:  # the quotes and commas in one pass: "id","name","artists",popularity
+            pieces = [_large('"'), text[0], _large('","'), text[1], _large('","'), text[2]]
+            head = pc.binary_join_element_wise(*pieces, _large('",'), pop, _large(""))
+        tail = pc.binary_join_element_wise(
+            _csv_text(_escaped(safe.column("spotify_url"))), _large("\n"), _large("")
+        )
+        return _one_array(head), _one_array(tail)
 
     @property
     def _plain_tracks(self) -> pa.Table:
@@ -260,22 +311,51 @@ def _safe_text(values: pa.Array) -> pa.Array:
     import pyarrow.compute as pc
 
     risky = pc.fill_null(pc.match_substring_regex(values, _FORMULA), False)
-    values = pc.if_else(risky, pc.binary_join_element_wise("'", values, ""), values)
-    values = pc.replace_substring(values, "\r\n", "\n")
-    return pc.replace_substring(values, "\r", "\n")
+    if pc.any(risky).as_py():  # each step only where needed: most text has nothing to fix
+        values = pc.if_else(risky, pc.binary_join_element_wise("'", values, ""), values)
+    if pc.any(pc.match_substring(values, "\r")).as_py():
+        values = pc.replace_substring(pc.replace_substring(values, "\r\n", "\n"), "\r", "\n")
+    return values
 
 
-def _number(value: float) -> str:
-    """A float as a CSV cell: the shortest text that reads back the same; empty for NaN."""
-    return "" if value != value else repr(float(value))
+def _large(text: str) -> pa.Scalar:
+    import pyarrow as pa
+
+    return pa.scalar(text, pa.large_string())
 
 
-def _write_csv(table: pa.Table, fh: IO[bytes]) -> None:
-    """An Arrow table as CSV: a plain header, cells quoted only where needed."""
-    import pyarrow.csv as pcsv
+def _one_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if hasattr(values, "combine_chunks") else values
 
-    fh.write((",".join(table.column_names) + "\n").encode("utf-8"))
-    pcsv.write_csv(table, fh, pcsv.WriteOptions(include_header=False, quoting_style="needed"))
+
+def _escaped(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Text with its quotes doubled, as large strings (a block's rows may pass 2 GiB)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = pc.cast(values, pa.large_string())
+    if pc.any(pc.match_substring(values, '"')).as_py():
+        values = pc.replace_substring(values, '"', '""')
+    return values
+
+
+def _csv_text(escaped: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """:func:`_escaped` text as CSV cells the way Arrow's CSV writer writes them
+    (``quoting_style="needed"`` quotes every text value): in quotes; nothing for a missing
+    value."""
+    import pyarrow.compute as pc
+
+    quote = _large('"')
+    return pc.fill_null(pc.binary_join_element_wise(quote, escaped, quote, _large("")), _large(""))
+
+
+def _csv_number(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Numbers as CSV cells the way Arrow's CSV writer writes them (it casts them to text
+    too): unquoted, nothing for a missing value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.cast(values, pa.large_string()), _large(""))
 
 
 class ReportWriter:
@@ -306,30 +386,30 @@ class ReportWriter:
             cells.append('"' + text.replace('"', '""') + '"')
         return cells
 
-    def _dna_csv(self, block: DiscoveryBlock, u: int) -> bytes:
-        """One user's DNA file: 12 rows, written as text (an Arrow writer per tiny file costs
-        more than the file)."""
-        rows = ["feature,value,standardised,percentile"]
-        for j, cell in enumerate(self._features):
-            values = (block.dna_raw[u, j], block.dna[u, j], block.dna_percentile[u, j])
-            rows.append(cell + "," + ",".join(_number(v) for v in values))
-        return ("\n".join(rows) + "\n").encode("utf-8")
+    def _dna_files(self, block: DiscoveryBlock) -> list[bytes]:
+        """Each user's DNA file: a header and a row per feature (value, standardised,
+        percentile: the shortest text that reads back the same number; empty for NaN)."""
+        numbers = np.stack([block.dna_raw, block.dna, block.dna_percentile], axis=-1)
+        cells = [repr(v) if v == v else "" for v in numbers.astype(np.float64).ravel().tolist()]
+        names = self._features * len(block)
+        lines = [f"{n},{a},{b},{c}\n" for n, a, b, c in
+                 zip(names, cells[0::3], cells[1::3], cells[2::3], strict=True)]  # fmt: skip
+        f = len(self.feature_columns)
+        head = "feature,value,standardised,percentile\n"
+        return [(head + "".join(lines[u * f : (u + 1) * f])).encode() for u in range(len(block))]
 
     def write_block(self, block: DiscoveryBlock) -> list[tuple[Path, Path]]:
-        """Write every user's two files; they appear together when the block is done."""
-        paths = []
+        """Write every user's two files; they appear together when the block is done. The
+        rows of ``_WRITE_USERS`` users are formatted at a time and cut into their files."""
+        paths = [self.paths(str(user), block.mode) for user in block.users]
+        header = (",".join(block.columns) + "\n").encode("utf-8")
+        dna = self._dna_files(block)
         with atomic_batch() as batch:
-            for u, user in enumerate(block.users):
-                if u % _WRITE_USERS == 0:  # the rows of the next users, with safe text
-                    table = block.arrow(safe_text=True, users=slice(u, u + _WRITE_USERS))
-                    first = int(block.offsets[u])
-                report, dna = self.paths(str(user), block.mode)
-                a, b = int(block.offsets[u]) - first, int(block.offsets[u + 1]) - first
-                with batch.open(report) as fh:
-                    _write_csv(table.slice(a, b - a), fh)
-                with batch.open(dna) as fh:
-                    fh.write(self._dna_csv(block, u))
-                paths.append((report, dna))
+            for first in range(0, len(block), _WRITE_USERS):
+                text, starts = block.csv_rows(slice(first, first + _WRITE_USERS))
+                for i, (report, dna_path) in enumerate(paths[first : first + _WRITE_USERS]):
+                    batch.write(report, header, text[starts[i] : starts[i + 1]])
+                    batch.write(dna_path, dna[first + i])
         return paths
 
 
