@@ -107,8 +107,9 @@ class AtomicBatch:
         write, one close: no buffered file object)."""
         fd, _ = self._temporary(target)
         try:
-            done, total = os.writev(fd, parts), sum(len(p) for p in parts)
-            if done < total:  # a short write (rare on files): the rest as it comes
+            total = sum(len(p) for p in parts)
+            done = os.writev(fd, parts) if hasattr(os, "writev") else 0
+            if done < total:  # a short write (rare on files), or no writev (Windows)
                 rest = memoryview(b"".join(parts))[done:]
                 while rest:
                     rest = rest[os.write(fd, rest) :]

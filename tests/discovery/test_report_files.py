@@ -106,3 +106,15 @@ def test_batch_write_appears_only_on_commit(tmp_path: Path) -> None:
         batch.write(target, b"new\n")
         raise RuntimeError("stop")
     assert target.read_bytes() == b"head\nbody\n" and list(target.parent.iterdir()) == [target]
+
+
+def test_batch_write_finishes_a_short_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def short_writev(fd: int, parts: list[bytes]) -> int:  # the kernel took 3 bytes only
+        return os.write(fd, bytes(parts[0][:3]))
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    with atomic_batch() as batch:
+        batch.write(tmp_path / "f.csv", b"head\n", b"body\n")
+    assert (tmp_path / "f.csv").read_bytes() == b"head\nbody\n"
