@@ -46,6 +46,7 @@ from deepvibe.discovery.hybrid import (
     HybridWeights,
     strongest_part,
 )
+from deepvibe.discovery.hybrid_scan import rank_database
 from deepvibe.discovery.report import (
     Discovery,
     DiscoveryBlock,
@@ -62,7 +63,6 @@ from deepvibe.discovery.signals import (
     UserInputs,
     one_torch_thread,
     padded_rows,
-    rank_space,
 )
 from deepvibe.discovery.users import HistoryNames, UserBatch
 from deepvibe.discovery.validation import mode_anchor, mode_weights
@@ -396,7 +396,7 @@ class Discoverer:
         if mode.startswith("gems"):
             penalty = gems_penalty(space.popularity, s.gems_lambda, s.popularity_ceiling)
         weights = self.new_artist_weights if "new-artists" in mode else None
-        rows, scores = rank_space(scorer, inputs, n, excluded, penalty, s.chunk_size, weights)
+        rows, scores = rank_database(scorer, inputs, n, excluded, penalty, s.chunk_size, weights)
         found = np.isfinite(scores) & inputs.usable[:, None]
         users, slot = np.nonzero(found)
         picked = rows[users, slot]  # space rows are database rows
