@@ -90,9 +90,7 @@ def small_sample(monkeypatch):  # noqa: ANN201
     """Sample and size limits scaled to a 20,000-track space."""
     monkeypatch.setattr(hybrid_scan, "_SAMPLE", 2048)
     monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0)
-    hybrid_scan._sample_rows.cache_clear()
     yield
-    hybrid_scan._sample_rows.cache_clear()
 
 
 def _by_every_pair_too(monkeypatch) -> list[int]:  # noqa: ANN001

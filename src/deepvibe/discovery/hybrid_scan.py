@@ -6,25 +6,27 @@ tracks and most users) and the gems penalty. :func:`rank_database` ranks a block
 
 1. From a fixed sample of the space, per user: ``F``, a score about ``_MARGIN * k`` tracks
    reach (a guess at a floor under the k-th best), ``D``, the DNA part's score at the same
-   rank, and ``tau`` >= F - D, the lift that matters (split between the artist and the decoder
-   parts when both count).
-2. Tracks of one artist have one artist lift per user (share + collab). The artists whose lift
-   reaches a user's ``tau`` ("strong") go into a (users x strong artists) table; the scan runs
-   over the space sorted by artist, so each strong artist is a run of columns.
-3. ``E``: the tracks a table cannot bound (several artists, or a decoder lift above its share
-   of ``tau``) whose lift can reach ``tau``, from the users' artists and catalogue, each
-   scored exactly.
-4. The DNA scan of :mod:`deepvibe.discovery.scan` (a float32 product per cache-sized tile) with
-   the best k of ``E`` as its first floor: a pair is scored exactly when its DNA part could
-   reach the bar given its lift, tau for a column outside the table, the table's value in a
-   strong artist's run (plus the decoder's share of tau).
+   rank, and ``tau`` >= F - D: a lift below tau matters only where the DNA part is near the
+   top, as in the DNA-only scan.
+2. The tracks of one artist share one artist lift per user (share + collab). The artists whose
+   lift reaches some user's tau ("strong") form a (users x strong artists) table. The space
+   is scanned in :class:`ArtistOrder`: single-artist tracks artist by artist, then the
+   others, then the catalogue, so a strong artist is a run of columns with one bar per user.
+3. Before the scan, by products rather than a gather per pair: each user's highest-lift
+   artists with many tracks (until k of them, then every such artist that can still reach
+   that k-th best), the catalogue when the decoder counts (its part varies track by track),
+   and ``E``: the multi-artist tracks whose lift can reach tau (from the users' artists).
+   Their best k is the scan's first floor, a true lower bound.
+4. The scan of :mod:`deepvibe.discovery.scan` (a float32 DNA product per cache-sized tile)
+   scores a pair exactly only when its DNA part could lift it to the bar: tau of room outside
+   the table, the table's lift in a strong artist's run, nothing where step 3 ranked it.
 
-The best k of ``E`` and the scan are the best k of the whole space whenever the k-th of them is
-at least ``F``; a user for whom it is not (the sample misled) is ranked again by
+The best k of steps 3 and 4 are the best k of the whole space whenever the k-th of them is at
+least ``F``; a user for whom it is not (the sample misled) is ranked again by
 :func:`signals.rank_space`, which scores every pair. Scores are those of
-:meth:`HybridScorer.score` bit for bit (:func:`pair_scores`), so the ranking (score
-descending, then row ascending) is rank_space's, and a user's result never depends on the
-other users of the block.
+:meth:`HybridScorer.score` bit for bit (the same float32 steps: :class:`PairScorer`,
+:class:`_ArtistRuns`), so the ranking (score descending, then row ascending) is rank_space's,
+and a user's result never depends on the other users of the block.
 """
 
 from __future__ import annotations
@@ -36,16 +38,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from deepvibe.discovery.dna import on_grid
 from deepvibe.discovery.hybrid import HybridWeights
 from deepvibe.discovery.scan import TrackChunk, rounded_down, scan
 from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
-from deepvibe.ranking.topk import StreamingTopK, top_k
+from deepvibe.ranking.topk import StreamingTopK
 
 log = logging.getLogger(__name__)
 
-_SAMPLE = 16_384  # space rows behind each user's F and D
+_SAMPLE = 8192  # space rows behind each user's F and D
 _MARGIN = 3  # F aims at _MARGIN * k tracks, so falling short of k is rare
 _MIN_SPACE = 4 * _SAMPLE  # smaller spaces: rank_space (every pair) is as fast
 _SAMPLE_USERS = 256  # users per sample tile: (256 x 16,384) float32, 16 MiB
@@ -53,6 +56,7 @@ _LIFT_MARGIN = 2  # tau at least the lift of _LIFT_MARGIN * _MARGIN * k tracks (
 _REL_TOL = 1e-5  # float32 rounding of a few parts, relative to their size, with margin
 
 
+_LONG_RUN = 256  # an artist with this many tracks is scored by a product before the scan
 _MAX_RUNS = 32  # runs per tile compared one by one; beyond, covered columns are gathered
 
 
@@ -104,6 +108,10 @@ class ArtistOrder:
     artist: np.ndarray  # (n,) int64: the single artist at each position, -1 for the others
     catalogue: np.ndarray  # (n,) int64: catalogue column at each position, -1 outside
     units: np.ndarray  # (f, n) float32 unit features in this order (the scan's DNA side)
+    grid: np.ndarray  # (f, n) float32 the same on the grid of dna.on_grid (exact cosines)
+    first: np.ndarray  # (A,) int64: each artist's first position (outside the catalogue)
+    count: np.ndarray  # (A,) int64: its number of positions there
+    position: np.ndarray  # (n,) int64: the position of each space row
 
     @classmethod
     def of(cls, space: TrackSpace) -> ArtistOrder:
@@ -115,9 +123,13 @@ class ArtistOrder:
         key = np.where(single, artist, n_artists)  # several or no artist: after the single
         key[space.catalogue_index >= 0] = n_artists + 1  # the catalogue: last
         rows = np.lexsort((np.arange(len(space)), key)).astype(np.int64)
+        count = np.bincount(key[rows], minlength=n_artists + 2)[:n_artists].astype(np.int64)
+        units = np.ascontiguousarray(space.units[rows].T)
+        position = np.empty(len(rows), np.int64)
+        position[rows] = np.arange(len(rows))
         return cls(
-            rows, artist[rows], space.catalogue_index[rows].astype(np.int64),
-            np.ascontiguousarray(space.units[rows].T),
+            rows, artist[rows], space.catalogue_index[rows].astype(np.int64), units,
+            on_grid(units).astype(np.float32), np.cumsum(count) - count, count, position,
         )  # fmt: skip
 
 
@@ -160,13 +172,18 @@ class HybridChunkScorer:
         tau: np.ndarray,
         strong: StrongArtists,
         order: ArtistOrder,
+        done: np.ndarray | None = None,
+        catalogue_done: bool = False,
     ) -> None:
         self.scorer, self.users, self.weights = scorer, users, weights
         self.penalty = penalty
+        self.pairs = PairScorer(scorer, users, weights, penalty)
         self.skip = skip  # sorted user * n + row keys
         self.tolerance = tolerance  # (U,) float32 rounding
         self.tau = tau  # (U,) the most a lift outside the table and E can add
         self.strong, self.order = strong, order
+        self.done = done  # (U, S) bool: a strong artist's tracks outside the catalogue ranked
+        self.catalogue_done = catalogue_done  # the catalogue's tracks ranked for every user
         self.n_users = users.dna.shape[0]
         self.decoder = None  # (U, n_catalogue) float32 decoder part, with a decoder weight
         if weights.decoder > 0:
@@ -231,9 +248,15 @@ class HybridChunkScorer:
             strong = prepared["column"][c0 + cols]
             has = np.flatnonzero(strong >= 0)
             room[:, has] = np.maximum(self.strong.lift[users][:, strong[has]], tau[:, None])
-            if self.decoder is not None:
-                cat = prepared["catalogue"][c0 + cols]
-                inside = np.flatnonzero(cat >= 0)
+            if self.done is not None:  # ranked before the scan: no candidate here
+                ranked = self.done[users][:, strong[has]]
+                ranked &= (prepared["catalogue"][c0 + cols[has]] < 0)[None, :]
+                room[:, has] = np.where(ranked, -np.inf, room[:, has])
+            cat = prepared["catalogue"][c0 + cols]
+            inside = np.flatnonzero(cat >= 0)
+            if self.catalogue_done:  # ranked before the scan: no candidate here
+                room[:, inside] = -np.inf
+            elif self.decoder is not None:
                 room[:, inside] += self.decoder[users][:, cat[inside]]
             return rounded_down((bound - tol)[:, None] - room)
 
@@ -269,8 +292,16 @@ class HybridChunkScorer:
         self, prepared: dict[str, np.ndarray], users: np.ndarray, cols: np.ndarray
     ) -> dict[str, np.ndarray]:
         rows = prepared["rows"][cols]
-        score = pair_scores(self.scorer, self.users, users, rows, self.weights, self.penalty)
+        score = self.pairs(users, rows)
         score[_member(self.skip, users * len(self.scorer.space) + rows)] = -np.inf
+        catalogue = prepared["catalogue"][cols] >= 0
+        if self.catalogue_done:  # in the seed already
+            score[catalogue] = -np.inf
+        if self.done is not None:
+            column = prepared["column"][cols]
+            strong = np.flatnonzero((column >= 0) & ~catalogue)
+            seeded = strong[self.done[users[strong], column[strong]]]
+            score[seeded] = -np.inf
         return {"score": score.astype(np.float64)}
 
 
@@ -285,67 +316,114 @@ def pair_scores(
     """(P,) float32 hybrid scores of the pairs (users row ``user_rows[i]``, space row
     ``rows[i]``): :meth:`HybridScorer.score` minus the penalty, bit for bit (the same float32
     steps in the same order, see there)."""
-    w = weights or scorer.weights
-    space = scorer.space
-    user_rows = np.asarray(user_rows, np.int64)
-    rows = np.asarray(rows, np.int64)
-    total = np.zeros(len(rows), np.float32)
-    if w.artist > 0:
-        total = _artist_sums(users.shares, space.artists, user_rows, rows, np.float32(w.artist))
-    if w.decoder > 0:
-        cat = space.catalogue_index[rows]
-        inside = np.flatnonzero(cat >= 0)
-        z = np.maximum(np.asarray(users.decoder_z, np.float32)[user_rows[inside], cat[inside]], 0)
-        total[inside] += np.float32(w.decoder) * z
-    if w.dna > 0:
-        total += _dna_pairs(users.dna, scorer, user_rows, rows, np.float32(w.dna))
-    if w.collab > 0 and users.collab is not None and scorer.cf_artists is not None:
-        total += _collab_maxima(users.collab, scorer.cf_artists, user_rows, rows, w.collab)
-    if penalty is not None:
-        total -= penalty[rows].astype(np.float32)
-    return total
+    return PairScorer(scorer, users, weights or scorer.weights, penalty)(user_rows, rows)
 
 
-def _artist_sums(
-    shares: sp.csr_matrix, artists: sp.csr_matrix, user_rows: np.ndarray, rows: np.ndarray,
-    weight: np.float32,
-) -> np.ndarray:  # fmt: skip
-    """sum over the track's artists of weight * share, float32, in ascending artist order (the
-    order of the sparse product in score_direct, whose share rows are sorted)."""
-    shares = sp.csr_matrix(shares, dtype=np.float32)
-    values = shares.data * weight
-    width = shares.shape[1]
-    owner = np.repeat(np.arange(shares.shape[0], dtype=np.int64), np.diff(shares.indptr))
-    keys = owner * width + shares.indices
-    order = np.argsort(keys, kind="stable")
-    keys, values = keys[order], values[order]
-    total = np.zeros(len(rows), np.float32)
-    if len(keys) == 0:
+class PairScorer:
+    """:func:`pair_scores` for one block of users, its user side prepared once."""
+
+    def __init__(
+        self, scorer: HybridScorer, users: UserInputs, weights: HybridWeights,
+        penalty: np.ndarray | None,
+    ) -> None:  # fmt: skip
+        w = self.weights = weights
+        self.space = scorer.space
+        self.share_keys = self.share_values = None
+        if w.artist > 0:
+            shares = sp.csr_matrix(users.shares, dtype=np.float32)
+            if not shares.has_sorted_indices:
+                shares = shares.copy()
+                shares.sort_indices()
+            owner = np.repeat(np.arange(shares.shape[0], dtype=np.int64), np.diff(shares.indptr))
+            self.width = shares.shape[1]
+            self.share_keys = owner * self.width + shares.indices  # sorted: rows, then artists
+            self.share_values = shares.data * np.float32(w.artist)
+        self.decoder = None
+        if w.decoder > 0:
+            z = np.maximum(np.asarray(users.decoder_z, np.float32), 0)
+            self.decoder = np.float32(w.decoder) * z  # (U, n_catalogue)
+        self.grid = None
+        if w.dna > 0:
+            dna = np.asarray(users.dna, np.float32)
+            finite = np.isfinite(dna).all(axis=1)
+            self.grid = on_grid(np.where(finite[:, None], dna, 0.0))  # (U, f) float64
+            self.track_grid = _grid_units(scorer)
+        self.collab = self.cf_artists = None
+        if w.collab > 0 and users.collab is not None and scorer.cf_artists is not None:
+            self.collab = np.float32(w.collab) * np.asarray(users.collab, np.float32)
+            self.cf_artists = scorer.cf_artists
+        self.penalty = None if penalty is None else penalty.astype(np.float32)
+
+    def __call__(self, user_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        w, space = self.weights, self.space
+        user_rows = np.asarray(user_rows, np.int64)
+        rows = np.asarray(rows, np.int64)
+        total = np.zeros(len(rows), np.float32)
+        if self.share_keys is not None and len(self.share_keys):
+            self._add_shares(total, user_rows, rows)
+        if self.decoder is not None:
+            cat = space.catalogue_index[rows]
+            inside = np.flatnonzero(cat >= 0)
+            total[inside] += self.decoder[user_rows[inside], cat[inside]]
+        if self.grid is not None:
+            exact = np.einsum(
+                "ij,ij->i", self.grid[user_rows], self.track_grid[rows].astype(np.float64)
+            )  # exact: grid values, float64 sums without rounding
+            cos = exact.astype(np.float32)
+            cos *= np.float32(w.dna)
+            cos[~space.has_features[rows]] = 0.0
+            total += cos
+        if self.collab is not None and self.cf_artists is not None:
+            total += self._collab_maxima(user_rows, rows)
+        if self.penalty is not None:
+            total -= self.penalty[rows]
         return total
-    start = artists.indptr[rows]
-    n_artists = artists.indptr[rows + 1] - start
-    for j in range(int(n_artists.max(initial=0))):
-        has = np.flatnonzero(n_artists > j)
-        probe = user_rows[has] * width + artists.indices[start[has] + j]
-        pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
-        hit = keys[pos] == probe
-        total[has[hit]] += values[pos[hit]]
-    return total
 
+    def parts(self, user_rows: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """(P,) float32 artist, decoder and collab parts of each pair, each times its weight
+        (built with weight 1: the parts of HybridScorer.parts, pair by pair)."""
+        user_rows = np.asarray(user_rows, np.int64)
+        rows = np.asarray(rows, np.int64)
+        out = {}
+        if self.share_keys is not None:
+            out["artist"] = np.zeros(len(rows), np.float32)
+            if len(self.share_keys):
+                self._add_shares(out["artist"], user_rows, rows)
+        if self.decoder is not None:
+            cat = self.space.catalogue_index[rows]
+            inside = np.flatnonzero(cat >= 0)
+            out["decoder"] = np.zeros(len(rows), np.float32)
+            out["decoder"][inside] = self.decoder[user_rows[inside], cat[inside]]
+        if self.collab is not None and self.cf_artists is not None:
+            out["collab"] = self._collab_maxima(user_rows, rows)
+        return out
 
-def _dna_pairs(
-    dna: np.ndarray, scorer: HybridScorer, user_rows: np.ndarray, rows: np.ndarray,
-    weight: np.float32,
-) -> np.ndarray:  # fmt: skip
-    """weight x the exact cosine (as signals._dna_part), 0 without features or a finite DNA."""
-    dna = np.asarray(dna, np.float32)
-    finite = np.isfinite(dna).all(axis=1)
-    grid = on_grid(np.where(finite[:, None], dna, 0.0))  # (U, f) float64
-    track_grid = _grid_units(scorer)[rows].astype(np.float64)  # exact: grid values fit float32
-    cos = np.einsum("ij,ij->i", grid[user_rows], track_grid).astype(np.float32)
-    cos *= weight
-    cos[~scorer.space.has_features[rows]] = 0.0
-    return cos
+    def _add_shares(self, total: np.ndarray, user_rows: np.ndarray, rows: np.ndarray) -> None:
+        """+ the sum over the track's artists of weight * share, in ascending artist order
+        (the order of the sparse product in score_direct, whose share rows are sorted)."""
+        keys, values, artists = self.share_keys, self.share_values, self.space.artists
+        assert keys is not None and values is not None
+        start = artists.indptr[rows]
+        n_artists = artists.indptr[rows + 1] - start
+        for j in range(int(n_artists.max(initial=0))):
+            has = np.flatnonzero(n_artists > j)
+            probe = user_rows[has] * self.width + artists.indices[start[has] + j]
+            pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
+            hit = keys[pos] == probe
+            total[has[hit]] += values[pos[hit]]
+
+    def _collab_maxima(self, user_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """max over the track's artists of the weighted ArtistCF score (0 without one)."""
+        cf, collab = self.cf_artists, self.collab
+        assert cf is not None and collab is not None
+        start = cf.indptr[rows]
+        n_artists = cf.indptr[rows + 1] - start
+        out = np.zeros(len(rows), np.float32)
+        for j in range(int(n_artists.max(initial=0))):
+            has = np.flatnonzero(n_artists > j)
+            values = collab[user_rows[has], cf.indices[start[has] + j]]
+            out[has] = np.maximum(out[has], values)
+        return out
 
 
 def _grid_units(scorer: HybridScorer) -> np.ndarray:
@@ -355,23 +433,6 @@ def _grid_units(scorer: HybridScorer) -> np.ndarray:
         grid = on_grid(scorer.space.units).astype(np.float32)
         scorer._grid_units32 = grid  # type: ignore[attr-defined]
     return grid
-
-
-def _collab_maxima(
-    collab: np.ndarray, cf_artists: sp.csr_matrix, user_rows: np.ndarray, rows: np.ndarray,
-    weight: float,
-) -> np.ndarray:  # fmt: skip
-    """max over the track's artists of weight * ArtistCF score (0 without one), float32."""
-    collab = np.asarray(collab, np.float32)
-    w = np.float32(weight)
-    start = cf_artists.indptr[rows]
-    n_artists = cf_artists.indptr[rows + 1] - start
-    out = np.zeros(len(rows), np.float32)
-    for j in range(int(n_artists.max(initial=0))):
-        has = np.flatnonzero(n_artists > j)
-        values = w * collab[user_rows[has], cf_artists.indices[start[has] + j]]
-        out[has] = np.maximum(out[has], values)
-    return out
 
 
 def _member(sorted_keys: np.ndarray, probe: np.ndarray) -> np.ndarray:
@@ -443,18 +504,26 @@ def _pruned(
     tol = _REL_TOL * (1.0 + np.abs(floor) + tau + w.dna + largest)
     if penalty is not None:
         tol += _REL_TOL * float(np.abs(penalty[np.isfinite(penalty)]).max(initial=0.0))
-    lifted = _artist_route(scorer, users, tau, w)  # E: sorted keys
+    order = _artist_order(scorer)
     excluded_keys = _pair_keys(excluded, n_space)
-    e_rows, e_scores = _rank_pairs(scorer, users, lifted, excluded_keys, k, w, penalty)
-    hybrid = HybridChunkScorer(
-        scorer, users, w, penalty, np.union1d(lifted, excluded_keys), tol, tau, strong,
-        _artist_order(scorer),
-    )  # fmt: skip
-    start_floor = np.maximum(floor, e_scores[:, -1])  # E's k-th best: a true lower bound
-    s_rows, s_scores = scan(
-        SpaceChunks(hybrid.order), hybrid, k, chunk, progress=False, floor=start_floor  # type: ignore[arg-type]
+    best = StreamingTopK(users.dna.shape[0], k, ordered=False)
+    done, catalogue_done = _rank_before_scan(
+        best, scorer, users, strong, order, k, excluded, excluded_keys, w, penalty, tol
     )
-    return _merge(e_rows, e_scores, s_rows, s_scores, k)
+    lifted = _artist_route(scorer, users, tau, w)  # E: sorted keys
+    if catalogue_done:  # scored already: a track twice in one top k would take two places
+        lifted = lifted[scorer.space.catalogue_index[lifted % n_space] < 0]
+    hybrid = HybridChunkScorer(
+        scorer, users, w, penalty, np.union1d(lifted, excluded_keys), tol, tau, strong, order,
+        done, catalogue_done,
+    )  # fmt: skip
+    _push_pairs(best, hybrid.pairs, lifted, excluded_keys)
+    e_rows, e_scores = best.result()
+    start_floor = np.maximum(floor, e_scores[:, -1])  # E's k-th best: a true lower bound
+    return scan(
+        SpaceChunks(hybrid.order), hybrid, k, chunk, progress=False, floor=start_floor,  # type: ignore[arg-type]
+        seed=(e_rows, e_scores),
+    )  # fmt: skip
 
 
 def _strong_artists(
@@ -492,7 +561,7 @@ def _floor_and_tau(
     """Per user, F (a score about _MARGIN * k tracks reach; -inf when the sample cannot say)
     and tau = F - D >= 0 (D: the DNA part minus the penalty at the same rank)."""
     n_space, n_users = len(scorer.space), users.dna.shape[0]
-    sample = _sample_rows(n_space)
+    sample = _sample_rows(n_space, _SAMPLE)
     rank = int(np.ceil(_MARGIN * k * len(sample) / n_space))
     floor = np.full(n_users, -np.inf)
     tau = np.zeros(n_users)
@@ -513,14 +582,13 @@ def _floor_and_tau(
             out = excluded[a:b][:, sample].tocoo()
             full[out.row, out.col] = -np.inf
             dna[out.row, out.col] = -np.inf
-        lift = np.where(np.isfinite(full), full - dna, 0.0)  # (b, S) >= 0 up to rounding
-        cut = len(sample) - rank
-        f = np.partition(full, cut, axis=1)[:, cut].astype(np.float64)
-        d = np.partition(dna, cut, axis=1)[:, cut].astype(np.float64)
-        # tau at least the lift about _LIFT_MARGIN * _MARGIN * k tracks reach, so that E stays
-        # small for a user whose lifts barely move F above D (E would be every lifted track)
-        cut_lift = max(0, len(sample) - min(len(sample), _LIFT_MARGIN * rank))
-        least = np.partition(lift, cut_lift, axis=1)[:, cut_lift].astype(np.float64)
+        with np.errstate(invalid="ignore"):  # -inf - -inf where excluded: 0 below
+            lift = np.where(np.isfinite(full), full - dna, np.float32(0))  # (b, S) >= 0
+        f = _ranked(full, rank)
+        d = _ranked(dna, rank)
+        # tau at least the lift about _LIFT_MARGIN * _MARGIN * k tracks reach, so that the
+        # table of strong artists stays small for a user whose lifts barely move F above D
+        least = _ranked(lift, min(len(sample), _LIFT_MARGIN * rank))
         floor[a:b] = f
         gap = np.where(np.isfinite(f) & np.isfinite(d), f - d, 0.0)
         tau[a:b] = np.maximum(np.maximum(gap, least), 0.0)
@@ -528,12 +596,19 @@ def _floor_and_tau(
     return floor, tau
 
 
+def _ranked(values: np.ndarray, rank: int) -> np.ndarray:
+    """(b, S) -> (b,) float64: each row's rank-th largest value (torch.topk: several times
+    faster than a partition of the whole row)."""
+    top = torch.topk(torch.from_numpy(np.ascontiguousarray(values)), rank, dim=1).values
+    return top[:, rank - 1].numpy().astype(np.float64)
+
+
 @functools.cache
-def _sample_rows(n_space: int) -> np.ndarray:
+def _sample_rows(n_space: int, size: int) -> np.ndarray:
     """A fixed sample of space rows (the same for every block: a user's F and D depend only
     on the user)."""
     rng = np.random.default_rng(0)
-    return np.sort(rng.choice(n_space, size=min(_SAMPLE, n_space), replace=False))
+    return np.sort(rng.choice(n_space, size=min(size, n_space), replace=False))
 
 
 def _artist_route(
@@ -598,30 +673,125 @@ def _cf_columns(scorer: HybridScorer) -> np.ndarray:
     return vocabulary.get_indexer(scorer.space.artist_keys).astype(np.int64)
 
 
-def _rank_pairs(
-    scorer: HybridScorer, users: UserInputs, keys: np.ndarray, excluded_keys: np.ndarray, k: int,
-    w: HybridWeights, penalty: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """The best k of the given (sorted) pairs per user, excluded pairs left out."""
-    n_space, n_users = len(scorer.space), users.dna.shape[0]
+def _push_pairs(
+    best: StreamingTopK, pairs: PairScorer, keys: np.ndarray, excluded_keys: np.ndarray
+) -> None:
+    """Score the given (sorted) pairs exactly into ``best``, excluded pairs left out."""
     keys = keys[~_member(excluded_keys, keys)]
-    user_rows, rows = np.divmod(keys, n_space)
-    best = StreamingTopK(n_users, k)
+    user_rows, rows = np.divmod(keys, len(pairs.space))
     for a in range(0, len(keys), 1 << 20):
         u, r = user_rows[a : a + (1 << 20)], rows[a : a + (1 << 20)]
-        best.push(u, r, pair_scores(scorer, users, u, r, w, penalty).astype(np.float64))
-    return best.result()
+        best.push(u, r, pairs(u, r).astype(np.float64))
 
 
-def _merge(
-    rows_a: np.ndarray, scores_a: np.ndarray, rows_b: np.ndarray, scores_b: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The best k of two disjoint (U, k) lists (score descending, then row ascending)."""
-    rows = np.concatenate([rows_a, rows_b], axis=1)
-    scores = np.concatenate([scores_a, scores_b], axis=1)
-    ids = np.where(rows >= 0, rows, np.iinfo(np.int64).max)
-    cols = top_k(scores, k, ids)
-    return np.take_along_axis(rows, cols, axis=1), np.take_along_axis(scores, cols, axis=1)
+def _rank_before_scan(
+    best: StreamingTopK, scorer: HybridScorer, users: UserInputs, strong: StrongArtists,
+    order: ArtistOrder, k: int, excluded: sp.csr_matrix | None, excluded_keys: np.ndarray,
+    w: HybridWeights, penalty: np.ndarray | None, tol: np.ndarray,
+) -> tuple[np.ndarray, bool]:  # fmt: skip
+    """Score exactly, by products instead of a gather per pair, what the scan would find
+    costly: per user, every track (single-artist, outside the catalogue) of the highest-lift
+    artists with at least _LONG_RUN such tracks until k of them, then of every such artist
+    whose tracks can still reach that k-th best; and, with a decoder weight, the catalogue.
+    Returns the (U, S) strong artists so ranked per user and whether the catalogue was."""
+    done = np.zeros(strong.lift.shape, bool)
+    artists = np.flatnonzero(strong.column >= 0)
+    artists = artists[order.count[artists] >= _LONG_RUN]
+    runs = _ArtistRuns(scorer, users, order, excluded, w, penalty)
+    if len(artists):
+        lift = strong.lift[:, strong.column[artists]]  # (U, L)
+        ranked = np.argsort(-lift, axis=1, kind="stable")  # each user's artists, best first
+        tracks = order.count[artists][ranked]
+        before = np.cumsum(tracks, axis=1) - tracks
+        take = np.zeros(lift.shape, bool)
+        np.put_along_axis(take, ranked, before < k, axis=1)
+        take &= lift > 0
+        runs.push(best, artists, take)
+        done[:, strong.column[artists]] = take
+        best.settle(np.arange(best.fill.shape[0]))
+        # tracks of an artist reach at most its lift + w_dna: those that can beat the k-th
+        reach = lift + (w.dna + tol)[:, None] >= best.threshold[:, None]
+        more = reach & ~take & (lift > 0)
+        runs.push(best, artists, more)
+        done[:, strong.column[artists]] |= more
+    catalogue = np.flatnonzero(scorer.space.catalogue_index >= 0)
+    if w.decoder <= 0 or len(catalogue) == 0:
+        return done, False
+    prepared = scorer.prepare_rows(catalogue)  # type: ignore[arg-type]
+    n_users, n_space = users.dna.shape[0], len(scorer.space)
+    for a in range(0, n_users, _SAMPLE_USERS):
+        b = min(a + _SAMPLE_USERS, n_users)
+        scores = scorer.score(users.padded(a, b, b - a), catalogue, w, prepared)  # type: ignore[arg-type]
+        if penalty is not None:
+            scores -= penalty[catalogue].astype(np.float32)
+        u = np.arange(a, b)
+        keys = u[:, None] * n_space + catalogue[None, :]
+        scores[_member(excluded_keys, keys.ravel()).reshape(keys.shape)] = -np.inf
+        best.push(np.repeat(u, len(catalogue)), np.tile(catalogue, len(u)),
+                  scores.ravel().astype(np.float64))  # fmt: skip
+    return done, True
+
+
+class _ArtistRuns:
+    """Exact scores of every (user, track) of chosen single-artist runs outside the catalogue,
+    one product per artist: the float32 steps of pair_scores (artist share, no decoder part,
+    DNA, collab, penalty) on a (users x run) block."""
+
+    def __init__(
+        self, scorer: HybridScorer, users: UserInputs, order: ArtistOrder,
+        excluded: sp.csr_matrix | None, w: HybridWeights, penalty: np.ndarray | None,
+    ) -> None:  # fmt: skip
+        self.scorer, self.order, self.w = scorer, order, w
+        self.penalty = None if penalty is None else penalty.astype(np.float32)
+        self.shares = sp.csc_matrix(
+            sp.csr_matrix(users.shares, dtype=np.float32) * np.float32(w.artist)
+        )
+        dna = np.asarray(users.dna, np.float32)
+        self.grid = on_grid(np.where(np.isfinite(dna).all(axis=1)[:, None], dna, 0.0))
+        self.collab = self.columns = None
+        if w.collab > 0 and users.collab is not None and scorer.artist_cf is not None:
+            self.collab = np.asarray(users.collab, np.float32)
+            self.columns = _cf_columns(scorer)
+        # excluded pairs by position in the order: a run finds its own by two searches
+        self.out_user = self.out_position = np.empty(0, np.int64)
+        if excluded is not None and excluded.nnz:
+            coo = sp.coo_matrix(excluded)
+            position = order.position[coo.col]
+            by = np.argsort(position, kind="stable")
+            self.out_user, self.out_position = coo.row[by].astype(np.int64), position[by]
+
+    def push(self, best: StreamingTopK, artists: np.ndarray, chosen: np.ndarray) -> None:
+        """Score the runs of ``artists[j]`` for the users with ``chosen[:, j]`` (U, L); only
+        scores that can enter a user's best k are pushed."""
+        for j in np.flatnonzero(chosen.any(axis=0)):
+            self._push_run(best, int(artists[j]), np.flatnonzero(chosen[:, j]))
+
+    def _push_run(self, best: StreamingTopK, a: int, u: np.ndarray) -> None:
+        w, order, space = self.w, self.order, self.scorer.space
+        p0, p1 = int(order.first[a]), int(order.first[a] + order.count[a])
+        rows = order.rows[p0:p1]
+        total = np.zeros((len(u), len(rows)), np.float32)
+        if w.artist > 0:
+            total += self.shares[:, a].toarray()[u]
+        if w.dna > 0:
+            cos = (self.grid[u] @ order.grid[:, p0:p1].astype(np.float64)).astype(np.float32)
+            cos *= np.float32(w.dna)
+            without = ~space.has_features[rows]
+            if without.any():
+                cos[:, without] = 0.0
+            total += cos
+        if self.collab is not None and self.columns is not None and self.columns[a] >= 0:
+            total += (np.float32(w.collab) * self.collab[u, self.columns[a]])[:, None]
+        if self.penalty is not None:
+            total -= self.penalty[rows]
+        i0, i1 = np.searchsorted(self.out_position, (p0, p1))
+        if i1 > i0:  # this run's excluded pairs, for the users scored here
+            who = np.searchsorted(u, self.out_user[i0:i1])
+            mine = (who < len(u)) & (u[np.minimum(who, len(u) - 1)] == self.out_user[i0:i1])
+            total[who[mine], self.out_position[i0:i1][mine] - p0] = -np.inf
+        bar = rounded_down(best.threshold[u])  # (b,) float32: below it, never in the top k
+        r, c = np.nonzero(total >= bar[:, None])
+        best.push(u[r], rows[c], total[r, c].astype(np.float64))
 
 
 def _select_users(users: UserInputs, which: np.ndarray) -> UserInputs:

@@ -268,9 +268,11 @@ def _one_pass(
     floor: np.ndarray,
     bar: Any,
     cache: PreparedChunks | None = None,
+    seed: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The scan proper: every chunk once; its users split between worker threads (each with
-    its own streaming top k), each scoring tiles of (users x tracks) that stay in cache."""
+    its own streaming top k, holding ``seed`` from the start), each scoring tiles of
+    (users x tracks) that stay in cache."""
     n_users = scorer.n_users
     n_workers = max(1, min(workers(), n_users // _MIN_USERS_PER_WORKER))
     bounds = np.linspace(0, n_users, n_workers + 1).astype(int)
@@ -278,6 +280,11 @@ def _one_pass(
     groups = [
         _UserGroup(int(a), int(b), k, floor[a:b], ordered) for a, b in itertools.pairwise(bounds)
     ]
+    if seed is not None:  # (B, k') rows (-1: none) and scores found before the scan
+        for g in groups:
+            rows, scores = seed[0][g.u0 : g.u1], seed[1][g.u0 : g.u1]
+            users, slot = np.nonzero(rows >= 0)
+            g.best.push(users, rows[users, slot], scores[users, slot])
     with single_threaded_blas(), ThreadPoolExecutor(n_workers) as pool:
         for start, size, prepared in _chunks(db, chunk_size, scorer, cache):
             jobs = [pool.submit(g.score_chunk, scorer, prepared, start, size) for g in groups]
@@ -388,6 +395,7 @@ def scan(
     progress: bool | None = None,
     cache: PreparedChunks | None = None,
     floor: np.ndarray | None = None,
+    seed: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k best database rows for each of the scorer's users, in one pass over ``db``.
 
@@ -395,7 +403,9 @@ def scan(
     then row ascending. A user with fewer than k' rows of finite score gets row -1 and -inf.
     Without ``floor``, each user's is estimated from a sample, and a user whose estimate
     turned out too high (rare) is scanned once more without it; a given ``floor`` (B,) drops
-    every score below it, and checking that none was needed is the caller's.
+    every score below it, and checking that none was needed is the caller's. ``seed``: (B, k')
+    rows and exact scores the caller found (rows the scorer's ``exact`` then gives -inf), in
+    the result as if scanned.
     """
     from tqdm.auto import tqdm
 
@@ -409,7 +419,7 @@ def scan(
         disable=None if progress is None else not progress, leave=False,
     )  # fmt: skip
     try:
-        rows, scores = _one_pass(db, scorer, k, chunk_size, floor, bar, cache)
+        rows, scores = _one_pass(db, scorer, k, chunk_size, floor, bar, cache, seed)
         redo = np.flatnonzero(np.isfinite(floor) & (rows[:, -1] < 0) & (not given))
         if len(redo):
             log.debug("scan: %d users again without an estimated floor", len(redo))

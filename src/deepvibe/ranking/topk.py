@@ -74,9 +74,7 @@ class StreamingTopK:
     than k entries may have lost some to a floor set too high).
     """
 
-    def __init__(
-        self, n_rows: int, k: int, width: int | None = None, ordered: bool = True
-    ) -> None:
+    def __init__(self, n_rows: int, k: int, width: int | None = None, ordered: bool = True) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.k = int(k)
