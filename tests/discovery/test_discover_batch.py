@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from conftest import small_config
 from deepvibe.cli import app
 from deepvibe.discovery import discoverer as dmod
+from deepvibe.discovery import hybrid_scan
 from deepvibe.discovery import report as rep
 from deepvibe.discovery import users as du
 from deepvibe.discovery.discoverer import Discoverer
@@ -41,8 +42,14 @@ def _reports(folder: Path) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------- batch == alone
 
 
-@pytest.mark.parametrize("source", ["db", "dna", "catalogue"])
-def test_batch_reports_are_identical_to_per_user_reports(model, tmp_path, source) -> None:
+@pytest.mark.parametrize("source", ["db", "db-pruned", "dna", "catalogue"])
+def test_batch_reports_are_identical_to_per_user_reports(
+    model, tmp_path, monkeypatch, source
+) -> None:
+    if source == "db-pruned":  # the pruned ranking of a big database, on this small one
+        monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0)
+        monkeypatch.setattr(hybrid_scan, "_SAMPLE", 512)
+        source = "db"
     users = [f"user_{i}" for i in (1, 5, 9, 30, 77, 150, 222, 399)]
     common = ["--source", source, "--top", "40"]
     res = _discover(model, *users, *common, "--set", f"paths.recommendations_dir={tmp_path / 'b'}",

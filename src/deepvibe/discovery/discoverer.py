@@ -46,6 +46,7 @@ from deepvibe.discovery.hybrid import (
     HybridWeights,
     strongest_part,
 )
+from deepvibe.discovery.hybrid_scan import PairScorer, rank_database
 from deepvibe.discovery.report import (
     Discovery,
     DiscoveryBlock,
@@ -54,7 +55,13 @@ from deepvibe.discovery.report import (
     ReportWriter,
     track_table,
 )
-from deepvibe.discovery.scan import DnaScorer, PreparedChunks, check_database, scan
+from deepvibe.discovery.scan import (
+    DnaScorer,
+    PreparedChunks,
+    check_database,
+    scan,
+    single_threaded_blas,
+)
 from deepvibe.discovery.signals import (
     TILE,
     HybridScorer,
@@ -62,7 +69,6 @@ from deepvibe.discovery.signals import (
     UserInputs,
     one_torch_thread,
     padded_rows,
-    rank_space,
 )
 from deepvibe.discovery.users import HistoryNames, UserBatch
 from deepvibe.discovery.validation import mode_anchor, mode_weights
@@ -318,7 +324,8 @@ class Discoverer:
 
     def _block(self, batch: UserBatch, n: int, mode: Mode) -> DiscoveryBlock:
         if self.hybrid is not None:  # its own model pass and DNA (HybridScorer.user_inputs)
-            tracks, hits, dna = self._from_hybrid(batch, n, mode)
+            with single_threaded_blas():  # thin products: BLAS threads only spin (see scan)
+                tracks, hits, dna = self._from_hybrid(batch, n, mode)
             dna_raw = self.scaler.inverse(dna)
             assert self.database is not None
             pct = self.database.percentiles(dna_raw)
@@ -396,7 +403,7 @@ class Discoverer:
         if mode.startswith("gems"):
             penalty = gems_penalty(space.popularity, s.gems_lambda, s.popularity_ceiling)
         weights = self.new_artist_weights if "new-artists" in mode else None
-        rows, scores = rank_space(scorer, inputs, n, excluded, penalty, s.chunk_size, weights)
+        rows, scores = rank_database(scorer, inputs, n, excluded, penalty, s.chunk_size, weights)
         found = np.isfinite(scores) & inputs.usable[:, None]
         users, slot = np.nonzero(found)
         picked = rows[users, slot]  # space rows are database rows
@@ -565,26 +572,15 @@ def _reasons(
 def _pair_parts(
     scorer: HybridScorer, inputs: UserInputs, users: np.ndarray, picked: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """(H,) float32 value of each part for each (users[i], picked[i]) pair."""
-    out: dict[str, list[np.ndarray]] = {}
-    bounds = np.searchsorted(users, np.arange(0, inputs.dna.shape[0] + TILE, TILE))
-    for t, (a, b) in enumerate(itertools.pairwise(bounds)):
-        if a == b:
-            continue
-        first = t * TILE
-        tile = inputs.padded(first, min(first + TILE, inputs.dna.shape[0]), TILE)
-        cols, where = np.unique(picked[a:b], return_inverse=True)
-        parts = scorer.parts(tile, cols)  # (TILE, C) each, exact per element but the dna
-        local = users[a:b] - first
-        for name, values in parts.items():
-            if name != "dna":
-                out.setdefault(name, []).append(values[local, where])
-        if "dna" in parts:  # the cosine pair by pair (a product's rounding depends on C)
-            units = scorer.space.units[picked[a:b]]
-            cos = np.einsum("ij,ij->i", tile.dna[local], units)
-            cos[~scorer.space.has_features[picked[a:b]]] = np.nan
-            out.setdefault("dna", []).append(cos.astype(np.float32))
-    return {name: np.concatenate(v) for name, v in out.items()}
+    """(H,) float32 value of each part for each (users[i], picked[i]) pair, pair by pair (so
+    a user's reasons do not depend on the block): the artist, decoder and collab parts as
+    :meth:`HybridScorer.parts` gives them, the DNA cosine of the float32 unit vectors."""
+    unit = HybridWeights(dna=0.0, artist=1.0, collab=1.0, decoder=1.0)
+    out = PairScorer(scorer, inputs, unit, None).parts(users, picked)
+    cos = np.einsum("ij,ij->i", inputs.dna[users], scorer.space.units[picked])
+    cos[~scorer.space.has_features[picked]] = np.nan
+    out["dna"] = cos.astype(np.float32)
+    return out
 
 
 def _nearest_played(

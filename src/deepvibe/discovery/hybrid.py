@@ -91,12 +91,16 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 def artist_share_matrix(history: sp.spmatrix, track_artists: sp.spmatrix) -> sp.csr_matrix:
     """(U, T) history tracks, (T, A) their artists -> (U, A) float32: history tracks by each
-    artist / |history| (|history| counts tracks with or without a known artist)."""
+    artist / |history| (|history| counts tracks with or without a known artist). Each row's
+    artists in ascending order: the order a track's shares are summed in, by the sparse
+    product of score_direct and by discovery.hybrid_scan.pair_scores alike."""
     history = sp.csr_matrix(history, dtype=np.float32)
     history.data[:] = 1.0
     counts = np.asarray(history.sum(axis=1)).ravel()
     share = sp.csr_matrix(history @ sp.csr_matrix(track_artists, dtype=np.float32))
-    return sp.csr_matrix(sp.diags(1.0 / np.maximum(counts, 1.0)) @ share, dtype=np.float32)
+    out = sp.csr_matrix(sp.diags(1.0 / np.maximum(counts, 1.0)) @ share, dtype=np.float32)
+    out.sort_indices()
+    return out
 
 
 def zscore_rows(scores: np.ndarray) -> np.ndarray:

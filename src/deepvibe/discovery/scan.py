@@ -73,7 +73,7 @@ class ChunkScorer(Protocol):
     """Scores one block of users against chunks of tracks (see the module doc)."""
 
     n_users: int
-    tolerance: float  # max |approximate - exact score|
+    tolerance: float | np.ndarray  # max |approximate - exact score|, or one per user (B,)
 
     def select(self, users: np.ndarray) -> ChunkScorer:
         """The same scorer for a subset of its users."""
@@ -185,7 +185,7 @@ class DnaScorer:
         return {"similarity": sims, "score": score}
 
 
-def _rounded_down(x: np.ndarray) -> np.ndarray:
+def rounded_down(x: np.ndarray) -> np.ndarray:
     """float64 -> the largest float32 not above it (-inf stays -inf)."""
     y = x.astype(np.float32)
     return np.where(y > x, np.nextafter(y, np.float32(-np.inf)), y)
@@ -268,13 +268,23 @@ def _one_pass(
     floor: np.ndarray,
     bar: Any,
     cache: PreparedChunks | None = None,
+    seed: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The scan proper: every chunk once; its users split between worker threads (each with
-    its own streaming top k), each scoring tiles of (users x tracks) that stay in cache."""
+    its own streaming top k, holding ``seed`` from the start), each scoring tiles of
+    (users x tracks) that stay in cache."""
     n_users = scorer.n_users
     n_workers = max(1, min(workers(), n_users // _MIN_USERS_PER_WORKER))
     bounds = np.linspace(0, n_users, n_workers + 1).astype(int)
-    groups = [_UserGroup(int(a), int(b), k, floor[a:b]) for a, b in itertools.pairwise(bounds)]
+    ordered = not hasattr(scorer, "row_ids")
+    groups = [
+        _UserGroup(int(a), int(b), k, floor[a:b], ordered) for a, b in itertools.pairwise(bounds)
+    ]
+    if seed is not None:  # (B, k') rows (-1: none) and scores found before the scan
+        for g in groups:
+            rows, scores = seed[0][g.u0 : g.u1], seed[1][g.u0 : g.u1]
+            users, slot = np.nonzero(rows >= 0)
+            g.best.push(users, rows[users, slot], scores[users, slot])
     with single_threaded_blas(), ThreadPoolExecutor(n_workers) as pool:
         for start, size, prepared in _chunks(db, chunk_size, scorer, cache):
             jobs = [pool.submit(g.score_chunk, scorer, prepared, start, size) for g in groups]
@@ -287,30 +297,43 @@ def _one_pass(
 
 
 class _UserGroup:
-    """Users u0:u1 of a scan and their streaming top k (one worker thread's share)."""
+    """Users u0:u1 of a scan and their streaming top k (one worker thread's share).
 
-    def __init__(self, u0: int, u1: int, k: int, floor: np.ndarray) -> None:
+    A scorer may add ``candidates(prepared, users, c0, c1, approx, bound)`` (the (rows, cols)
+    of a tile to score exactly, rows ascending, when its bar is not one per user) and
+    ``row_ids(prepared, cols)`` (database rows of chunk columns, when a chunk is not a run of
+    consecutive rows; the top k then takes ids in any order)."""
+
+    def __init__(self, u0: int, u1: int, k: int, floor: np.ndarray, ordered: bool = True) -> None:
         self.u0, self.u1 = u0, u1
         self.users_per_tile = min(u1 - u0, _TILE_USERS)
         self.width = max(256, _TILE_CELLS // self.users_per_tile)
-        self.best = StreamingTopK(u1 - u0, k)
+        self.best = StreamingTopK(u1 - u0, k, ordered=ordered)
         self.best.raise_floor(floor)
 
     def score_chunk(self, scorer: ChunkScorer, prepared: Any, start: int, size: int) -> None:
-        tolerance = scorer.tolerance
+        candidates = getattr(scorer, "candidates", None)
+        row_ids = getattr(scorer, "row_ids", None)
         for a in range(self.u0, self.u1, self.users_per_tile):
             b = min(self.u1, a + self.users_per_tile)
             local = slice(a - self.u0, b - self.u0)
+            tolerance = scorer.tolerance
+            if np.ndim(tolerance):  # one per user
+                tolerance = tolerance[a:b]  # type: ignore[index]
             for c0 in range(0, size, self.width):
                 c1 = min(size, c0 + self.width)
                 out = np.empty((b - a, c1 - c0), dtype=np.float32)
                 approx = scorer.approximate(prepared, slice(a, b), c0, c1, out)
                 bound = np.maximum(self.best.threshold[local], self.best.floor[local])
-                hits = np.flatnonzero(approx >= _rounded_down(bound - tolerance)[:, None])
-                if len(hits):
+                if candidates is None:
+                    hits = np.flatnonzero(approx >= rounded_down(bound - tolerance)[:, None])
                     rows, cols = np.divmod(hits, c1 - c0)
+                else:
+                    rows, cols = candidates(prepared, slice(a, b), c0, c1, approx, bound)
+                if len(rows):
                     exact = scorer.exact(prepared, rows + a, cols + c0)["score"]
-                    self.best.push(rows + local.start, start + c0 + cols, exact)
+                    ids = start + c0 + cols if row_ids is None else row_ids(prepared, cols + c0)
+                    self.best.push(rows + local.start, ids, exact)
 
 
 def workers() -> int:
@@ -371,25 +394,33 @@ def scan(
     chunk_size: int = 262_144,
     progress: bool | None = None,
     cache: PreparedChunks | None = None,
+    floor: np.ndarray | None = None,
+    seed: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k best database rows for each of the scorer's users, in one pass over ``db``.
 
     Returns (rows, scores), each (B, k'), k' = min(k, m), best first: exact score descending,
     then row ascending. A user with fewer than k' rows of finite score gets row -1 and -inf.
-    A user whose estimated floor turned out too high (rare) is scanned once more without it.
+    Without ``floor``, each user's is estimated from a sample, and a user whose estimate
+    turned out too high (rare) is scanned once more without it; a given ``floor`` (B,) drops
+    every score below it, and checking that none was needed is the caller's. ``seed``: (B, k')
+    rows and exact scores the caller found (rows the scorer's ``exact`` then gives -inf), in
+    the result as if scanned.
     """
     from tqdm.auto import tqdm
 
     k = max(1, min(int(k), db.n_tracks))
-    with single_threaded_blas():
-        floor = _estimated_floor(db, scorer, k)
+    given = floor is not None
+    if floor is None:
+        with single_threaded_blas():
+            floor = _estimated_floor(db, scorer, k)
     bar = tqdm(
         total=db.n_tracks, desc="scan", unit="track", unit_scale=True, delay=1.0,
         disable=None if progress is None else not progress, leave=False,
     )  # fmt: skip
     try:
-        rows, scores = _one_pass(db, scorer, k, chunk_size, floor, bar, cache)
-        redo = np.flatnonzero(np.isfinite(floor) & (rows[:, -1] < 0))
+        rows, scores = _one_pass(db, scorer, k, chunk_size, floor, bar, cache, seed)
+        redo = np.flatnonzero(np.isfinite(floor) & (rows[:, -1] < 0) & (not given))
         if len(redo):
             log.debug("scan: %d users again without an estimated floor", len(redo))
             bar.reset()

@@ -66,14 +66,15 @@ class StreamingTopK:
     given), whatever the length of the stream. Push ids in increasing order over the stream
     (the scan pushes database rows in file order). Then ``threshold`` (n_rows,), the k-th best
     score kept so far (-inf until a row has k), is a bar a candidate must beat: the k kept are
-    at least as good and, on a tie, have lower ids.
+    at least as good and, on a tie, have lower ids. With ``ordered=False`` ids may come in any
+    order, and a candidate equal to the bar is kept too (its id may be the lower).
 
     ``floor`` (n_rows,) drops candidates below it: either a known lower bound of a row's final
     k-th best score, or a guess that the caller checks afterwards (a row that ends with fewer
     than k entries may have lost some to a floor set too high).
     """
 
-    def __init__(self, n_rows: int, k: int, width: int | None = None) -> None:
+    def __init__(self, n_rows: int, k: int, width: int | None = None, ordered: bool = True) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.k = int(k)
@@ -85,6 +86,7 @@ class StreamingTopK:
         self.fill = np.zeros(n_rows, dtype=np.int64)
         self.threshold = np.full(n_rows, -np.inf)
         self.floor = np.full(n_rows, -np.inf)
+        self.ordered = ordered
 
     def raise_floor(self, floor: np.ndarray) -> None:
         """Drop candidates scoring below ``floor`` (n_rows,) from now on (see the class doc)."""
@@ -94,7 +96,9 @@ class StreamingTopK:
         """Add candidates: row (sorted ascending), id and score, each (K,)."""
         rows = np.asarray(rows, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float64)
-        keep = (scores > self.threshold[rows]) & (scores >= self.floor[rows])
+        bar = self.threshold[rows]
+        keep = (scores > bar) if self.ordered else (scores >= bar) & (scores > -np.inf)
+        keep &= scores >= self.floor[rows]
         rows, ids, scores = rows[keep], np.asarray(ids, dtype=np.int64)[keep], scores[keep]
         if len(rows) == 0:
             return

@@ -1,0 +1,816 @@
+"""The hybrid's exact top k over a large database, without scoring every (user, track) pair.
+
+A hybrid score is s(u, t) = dna(u, t) + lift(u, t) - penalty(t): the weighted DNA cosine (at
+most w_dna), the artist, collab and decoder parts (together the lift, >= 0; zero for most
+tracks and most users) and the gems penalty. :func:`rank_database` ranks a block of users so:
+
+1. From a fixed sample of the space, per user: ``F``, a score about ``_MARGIN * k`` tracks
+   reach (a guess at a floor under the k-th best), ``D``, the DNA part's score at the same
+   rank, and ``tau`` >= F - D: a lift below tau matters only where the DNA part is near the
+   top, as in the DNA-only scan.
+2. The tracks of one artist share one artist lift per user (share + collab). The artists whose
+   lift reaches some user's tau ("strong") form a (users x strong artists) table. The space
+   is scanned in :class:`ArtistOrder`: single-artist tracks artist by artist, then the
+   others, then the catalogue, so a strong artist is a run of columns with one bar per user.
+3. Before the scan, by products rather than a gather per pair: each user's highest-lift
+   artists with many tracks (until k of them, then every such artist that can still reach
+   that k-th best), the catalogue when the decoder counts (its part varies track by track),
+   and ``E``: the multi-artist tracks whose lift can reach tau (from the users' artists).
+   Their best k is the scan's first floor, a true lower bound.
+4. The scan of :mod:`deepvibe.discovery.scan` (a float32 DNA product per cache-sized tile)
+   scores a pair exactly only when its DNA part could lift it to the bar: tau of room outside
+   the table, the table's lift in a strong artist's run, nothing where step 3 ranked it.
+
+The best k of steps 3 and 4 are the best k of the whole space whenever the k-th of them is at
+least ``F``; a user for whom it is not (the sample misled) is ranked again by
+:func:`signals.rank_space`, which scores every pair. Scores are those of
+:meth:`HybridScorer.score` bit for bit (the same float32 steps: :class:`PairScorer`,
+:class:`_ArtistRuns`), so the ranking (score descending, then row ascending) is rank_space's,
+and a user's result never depends on the other users of the block.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from deepvibe.discovery.dna import on_grid
+from deepvibe.discovery.hybrid import HybridWeights
+from deepvibe.discovery.scan import TrackChunk, rounded_down, scan
+from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
+from deepvibe.ranking.topk import StreamingTopK
+
+log = logging.getLogger(__name__)
+
+_SAMPLE = 8192  # space rows behind each user's F and D
+_MARGIN = 3  # F aims at _MARGIN * k tracks, so falling short of k is rare
+_MIN_SPACE = 4 * _SAMPLE  # smaller spaces: rank_space (every pair) is as fast
+_SAMPLE_USERS = 256  # users per sample tile: (256 x 16,384) float32, 16 MiB
+_LIFT_MARGIN = 2  # tau at least the lift of _LIFT_MARGIN * _MARGIN * k tracks (see there)
+_REL_TOL = 1e-5  # float32 rounding of a few parts, relative to their size, with margin
+
+
+_LONG_RUN = 256  # an artist with this many tracks is scored by a product before the scan
+_MAX_RUNS = 32  # runs per tile compared one by one; beyond, covered columns are gathered
+
+
+@dataclass(frozen=True)
+class ArtistIndex:
+    """The space's multi-artist tracks by artist, each artist's by number of artists, most
+    first (single-artist tracks are bounded by the strong-artist table instead)."""
+
+    indptr: np.ndarray  # (A + 1,) int64
+    tracks: np.ndarray  # (nnz,) int64 space rows
+    keys: np.ndarray  # (nnz,) int64 artist * (most + 1) + (most - n_artists): ascending
+    most: int  # the largest number of artists of a track
+
+    @classmethod
+    def of(cls, artists: sp.csr_matrix) -> ArtistIndex:
+        n_artists = np.diff(artists.indptr).astype(np.int64)
+        most = int(n_artists.max(initial=0))
+        coo = sp.coo_matrix(artists)
+        several = n_artists[coo.row] >= 2
+        rows, cols = coo.row[several].astype(np.int64), coo.col[several].astype(np.int64)
+        keys = cols * (most + 1) + (most - n_artists[rows])
+        order = np.lexsort((rows, keys))
+        counts = np.bincount(cols, minlength=artists.shape[1])
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(indptr, rows[order], keys[order], most)
+
+    def tracks_of(
+        self, owners: np.ndarray, artists: np.ndarray, min_artists: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(owner, track) for each track of ``artists[i]`` crediting at least
+        ``min_artists[i]`` artists (owner: ``owners[i]``)."""
+        need = np.clip(min_artists, 1, self.most + 1).astype(np.int64)
+        last = artists * (self.most + 1) + (self.most - need)
+        stop = np.searchsorted(self.keys, last, side="right")
+        start = self.indptr[artists]
+        counts = np.maximum(stop - start, 0)
+        total = int(counts.sum())
+        offsets = np.repeat(start - (np.cumsum(counts) - counts), counts)
+        return np.repeat(owners, counts), self.tracks[offsets + np.arange(total)]
+
+
+@dataclass(frozen=True)
+class ArtistOrder:
+    """The space sorted for the scan: the single-artist tracks outside the catalogue artist by
+    artist (rows ascending within one), then the other tracks outside it, then the catalogue's
+    tracks (whose decoder part varies track by track)."""
+
+    rows: np.ndarray  # (n,) int64: space row at each position
+    artist: np.ndarray  # (n,) int64: the single artist at each position, -1 for the others
+    catalogue: np.ndarray  # (n,) int64: catalogue column at each position, -1 outside
+    units: np.ndarray  # (f, n) float32 unit features in this order (the scan's DNA side)
+    grid: np.ndarray  # (f, n) float32 the same on the grid of dna.on_grid (exact cosines)
+    first: np.ndarray  # (A,) int64: each artist's first position (outside the catalogue)
+    count: np.ndarray  # (A,) int64: its number of positions there
+    position: np.ndarray  # (n,) int64: the position of each space row
+
+    @classmethod
+    def of(cls, space: TrackSpace) -> ArtistOrder:
+        artists = space.artists
+        single = np.diff(artists.indptr) == 1
+        artist = np.full(len(space), -1, np.int64)
+        artist[single] = artists.indices[artists.indptr[:-1][single]]
+        n_artists = artists.shape[1]
+        key = np.where(single, artist, n_artists)  # several or no artist: after the single
+        key[space.catalogue_index >= 0] = n_artists + 1  # the catalogue: last
+        rows = np.lexsort((np.arange(len(space)), key)).astype(np.int64)
+        count = np.bincount(key[rows], minlength=n_artists + 2)[:n_artists].astype(np.int64)
+        units = np.ascontiguousarray(space.units[rows].T)
+        position = np.empty(len(rows), np.int64)
+        position[rows] = np.arange(len(rows))
+        return cls(
+            rows, artist[rows], space.catalogue_index[rows].astype(np.int64), units,
+            on_grid(units).astype(np.float32), np.cumsum(count) - count, count, position,
+        )  # fmt: skip
+
+
+class SpaceChunks:
+    """The track space in :class:`ArtistOrder`, read like a
+    :class:`~deepvibe.discovery.database.TrackDatabase` by the scan."""
+
+    def __init__(self, order: ArtistOrder) -> None:
+        self.order = order
+        self.n_tracks = len(order.rows)
+
+    def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray, None]]:
+        for start in range(0, self.n_tracks, size):
+            yield start, self.order.units[:, start : start + size].T, None
+
+
+@dataclass(frozen=True)
+class StrongArtists:
+    """Per user block, the artists whose lift reaches some user's tau: (U, S) their lift
+    (artist share + collab, weighted) and each space artist's column (-1: not strong)."""
+
+    lift: np.ndarray  # (U, S) float32
+    column: np.ndarray  # (A,) int64
+
+
+class HybridChunkScorer:
+    """A :class:`~deepvibe.discovery.scan.ChunkScorer` for step 4 of :func:`rank_database`:
+    ``approximate`` is the DNA part minus the penalty (float32 product), ``candidates`` adds
+    what a column's lift may add (see the module doc), ``exact`` is the full hybrid score, -inf
+    for the pairs in ``skip`` (excluded, or in E)."""
+
+    def __init__(
+        self,
+        scorer: HybridScorer,
+        users: UserInputs,
+        weights: HybridWeights,
+        penalty: np.ndarray | None,
+        skip: np.ndarray,
+        tolerance: np.ndarray,
+        tau: np.ndarray,
+        strong: StrongArtists,
+        order: ArtistOrder,
+        done: np.ndarray | None = None,
+        catalogue_done: bool = False,
+    ) -> None:
+        self.scorer, self.users, self.weights = scorer, users, weights
+        self.penalty = penalty
+        self.pairs = PairScorer(scorer, users, weights, penalty)
+        self.skip = skip  # sorted user * n + row keys
+        self.tolerance = tolerance  # (U,) float32 rounding
+        self.tau = tau  # (U,) the most a lift outside the table and E can add
+        self.strong, self.order = strong, order
+        self.done = done  # (U, S) bool: a strong artist's tracks outside the catalogue ranked
+        self.catalogue_done = catalogue_done  # the catalogue's tracks ranked for every user
+        self.n_users = users.dna.shape[0]
+        self.decoder = None  # (U, n_catalogue) float32 decoder part, with a decoder weight
+        if weights.decoder > 0:
+            z = np.maximum(np.asarray(users.decoder_z, np.float32), 0)
+            self.decoder = np.float32(weights.decoder) * z
+        dna = np.asarray(users.dna, np.float32)
+        finite = np.isfinite(dna).all(axis=1)
+        w = np.float32(weights.dna)
+        self.dna32 = np.where(finite[:, None], dna * w, 0.0).astype(np.float32)  # (U, f)
+
+    def select(self, users: np.ndarray) -> HybridChunkScorer:
+        raise NotImplementedError("rank_database ranks its misled users by rank_space")
+
+    def prepare(self, chunk: TrackChunk) -> dict[str, np.ndarray | None]:
+        """The chunk's rows, features, penalty, and its runs of columns that share a bar: one
+        strong artist (run key = its table column), no strong artist (-1), the catalogue
+        (-2: a bar per column)."""
+        size = chunk.features.shape[1]
+        at = slice(chunk.start, chunk.start + size)
+        rows, artist = self.order.rows[at], self.order.artist[at]
+        column = np.where(artist >= 0, self.strong.column[np.maximum(artist, 0)], -1)
+        catalogue = self.order.catalogue[at]
+        run_key = np.where(catalogue >= 0, -2, column)
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(run_key)) + 1]).astype(np.int64)
+        pen = None if self.penalty is None else self.penalty[rows].astype(np.float32)
+        return {
+            "rows": rows, "units32": chunk.features, "penalty32": pen, "column": column,
+            "catalogue": catalogue, "run_key": run_key, "run_starts": starts,
+            "run_stops": np.append(starts[1:], size), "run_keys": run_key[starts],
+        }  # fmt: skip
+
+    def approximate(
+        self, prepared: dict[str, np.ndarray | None], users: slice, c0: int, c1: int,
+        out: np.ndarray,
+    ) -> np.ndarray:  # fmt: skip
+        units32 = prepared["units32"]
+        assert units32 is not None
+        np.matmul(self.dna32[users], units32[:, c0:c1], out=out)
+        pen = prepared["penalty32"]
+        if pen is not None:
+            out -= pen[c0:c1]
+        return out
+
+    def candidates(
+        self, prepared: dict[str, np.ndarray], users: slice, c0: int, c1: int,
+        approx: np.ndarray, bound: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """(rows, cols) of the tile's pairs whose DNA part could lift them to ``bound``: at
+        most tau more outside the table and the catalogue, the table's lift in a strong
+        artist's run, the decoder part on top in the catalogue."""
+        tol, tau = self.tolerance[users], self.tau[users]
+        base = rounded_down(bound - tol - tau)  # (b,) outside the table and the catalogue
+        i0 = int(np.searchsorted(prepared["run_stops"], c0, side="right"))
+        i1 = int(np.searchsorted(prepared["run_starts"], c1, side="left"))
+        keys = prepared["run_keys"][i0:i1]
+        width = c1 - c0
+        if not (keys != -1).any():
+            return np.divmod(np.flatnonzero(approx >= base[:, None]), width)
+
+        def bar(cols: np.ndarray) -> np.ndarray:  # (b, len(cols)) bars of tile columns
+            room = np.broadcast_to(tau[:, None], (len(tau), len(cols))).copy()
+            strong = prepared["column"][c0 + cols]
+            has = np.flatnonzero(strong >= 0)
+            room[:, has] = np.maximum(self.strong.lift[users][:, strong[has]], tau[:, None])
+            if self.done is not None:  # ranked before the scan: no candidate here
+                ranked = self.done[users][:, strong[has]]
+                ranked &= (prepared["catalogue"][c0 + cols[has]] < 0)[None, :]
+                room[:, has] = np.where(ranked, -np.inf, room[:, has])
+            cat = prepared["catalogue"][c0 + cols]
+            inside = np.flatnonzero(cat >= 0)
+            if self.catalogue_done:  # ranked before the scan: no candidate here
+                room[:, inside] = -np.inf
+            elif self.decoder is not None:
+                room[:, inside] += self.decoder[users][:, cat[inside]]
+            return rounded_down((bound - tol)[:, None] - room)
+
+        pieces = []
+        if i1 - i0 <= _MAX_RUNS:  # each column compared once, run by run
+            for lo, hi, key in zip(
+                prepared["run_starts"][i0:i1], prepared["run_stops"][i0:i1], keys, strict=True
+            ):
+                lo, hi = max(int(lo), c0) - c0, min(int(hi), c1) - c0
+                if key == -1:
+                    level = base[:, None]
+                elif key >= 0:  # one artist: one bar per user
+                    level = bar(np.array([lo]))
+                else:
+                    level = bar(np.arange(lo, hi))
+                r, c = np.divmod(np.flatnonzero(approx[:, lo:hi] >= level), hi - lo)
+                pieces.append((r, c + lo))
+        else:  # many short runs: every column at the base bar, the others again at theirs
+            pieces.append(np.divmod(np.flatnonzero(approx >= base[:, None]), width))
+            special = np.flatnonzero(prepared["run_key"][c0:c1] != -1)
+            sub = approx[:, special]
+            r, i = np.nonzero((sub >= bar(special)) & (sub < base[:, None]))
+            pieces.append((r, special[i]))
+        rows = np.concatenate([p[0] for p in pieces])
+        cols = np.concatenate([p[1] for p in pieces])
+        order = np.lexsort((cols, rows))
+        return rows[order], cols[order]
+
+    def row_ids(self, prepared: dict[str, np.ndarray], cols: np.ndarray) -> np.ndarray:
+        return prepared["rows"][cols]
+
+    def exact(
+        self, prepared: dict[str, np.ndarray], users: np.ndarray, cols: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        rows = prepared["rows"][cols]
+        score = self.pairs(users, rows)
+        score[_member(self.skip, users * len(self.scorer.space) + rows)] = -np.inf
+        catalogue = prepared["catalogue"][cols] >= 0
+        if self.catalogue_done:  # in the seed already
+            score[catalogue] = -np.inf
+        if self.done is not None:
+            column = prepared["column"][cols]
+            strong = np.flatnonzero((column >= 0) & ~catalogue)
+            seeded = strong[self.done[users[strong], column[strong]]]
+            score[seeded] = -np.inf
+        return {"score": score.astype(np.float64)}
+
+
+def pair_scores(
+    scorer: HybridScorer,
+    users: UserInputs,
+    user_rows: np.ndarray,
+    rows: np.ndarray,
+    weights: HybridWeights | None = None,
+    penalty: np.ndarray | None = None,
+) -> np.ndarray:
+    """(P,) float32 hybrid scores of the pairs (users row ``user_rows[i]``, space row
+    ``rows[i]``): :meth:`HybridScorer.score` minus the penalty, bit for bit (the same float32
+    steps in the same order, see there)."""
+    return PairScorer(scorer, users, weights or scorer.weights, penalty)(user_rows, rows)
+
+
+class PairScorer:
+    """:func:`pair_scores` for one block of users, its user side prepared once."""
+
+    def __init__(
+        self, scorer: HybridScorer, users: UserInputs, weights: HybridWeights,
+        penalty: np.ndarray | None,
+    ) -> None:  # fmt: skip
+        w = self.weights = weights
+        self.space = scorer.space
+        self.share_keys = self.share_values = None
+        if w.artist > 0:
+            shares = sp.csr_matrix(users.shares, dtype=np.float32)
+            if not shares.has_sorted_indices:
+                shares = shares.copy()
+                shares.sort_indices()
+            owner = np.repeat(np.arange(shares.shape[0], dtype=np.int64), np.diff(shares.indptr))
+            self.width = shares.shape[1]
+            self.share_keys = owner * self.width + shares.indices  # sorted: rows, then artists
+            self.share_values = shares.data * np.float32(w.artist)
+        self.decoder = None
+        if w.decoder > 0:
+            z = np.maximum(np.asarray(users.decoder_z, np.float32), 0)
+            self.decoder = np.float32(w.decoder) * z  # (U, n_catalogue)
+        self.grid = None
+        if w.dna > 0:
+            dna = np.asarray(users.dna, np.float32)
+            finite = np.isfinite(dna).all(axis=1)
+            self.grid = on_grid(np.where(finite[:, None], dna, 0.0))  # (U, f) float64
+            self.track_grid = _grid_units(scorer)
+        self.collab = self.cf_artists = None
+        if w.collab > 0 and users.collab is not None and scorer.cf_artists is not None:
+            self.collab = np.float32(w.collab) * np.asarray(users.collab, np.float32)
+            self.cf_artists = scorer.cf_artists
+        self.penalty = None if penalty is None else penalty.astype(np.float32)
+
+    def __call__(self, user_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        w, space = self.weights, self.space
+        user_rows = np.asarray(user_rows, np.int64)
+        rows = np.asarray(rows, np.int64)
+        total = np.zeros(len(rows), np.float32)
+        if self.share_keys is not None and len(self.share_keys):
+            self._add_shares(total, user_rows, rows)
+        if self.decoder is not None:
+            cat = space.catalogue_index[rows]
+            inside = np.flatnonzero(cat >= 0)
+            total[inside] += self.decoder[user_rows[inside], cat[inside]]
+        if self.grid is not None:
+            exact = np.einsum(
+                "ij,ij->i", self.grid[user_rows], self.track_grid[rows].astype(np.float64)
+            )  # exact: grid values, float64 sums without rounding
+            cos = exact.astype(np.float32)
+            cos *= np.float32(w.dna)
+            cos[~space.has_features[rows]] = 0.0
+            total += cos
+        if self.collab is not None and self.cf_artists is not None:
+            total += self._collab_maxima(user_rows, rows)
+        if self.penalty is not None:
+            total -= self.penalty[rows]
+        return total
+
+    def parts(self, user_rows: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """(P,) float32 artist, decoder and collab parts of each pair, each times its weight
+        (built with weight 1: the parts of HybridScorer.parts, pair by pair)."""
+        user_rows = np.asarray(user_rows, np.int64)
+        rows = np.asarray(rows, np.int64)
+        out = {}
+        if self.share_keys is not None:
+            out["artist"] = np.zeros(len(rows), np.float32)
+            if len(self.share_keys):
+                self._add_shares(out["artist"], user_rows, rows)
+        if self.decoder is not None:
+            cat = self.space.catalogue_index[rows]
+            inside = np.flatnonzero(cat >= 0)
+            out["decoder"] = np.zeros(len(rows), np.float32)
+            out["decoder"][inside] = self.decoder[user_rows[inside], cat[inside]]
+        if self.collab is not None and self.cf_artists is not None:
+            out["collab"] = self._collab_maxima(user_rows, rows)
+        return out
+
+    def _add_shares(self, total: np.ndarray, user_rows: np.ndarray, rows: np.ndarray) -> None:
+        """+ the sum over the track's artists of weight * share, in ascending artist order
+        (the order of the sparse product in score_direct, whose share rows are sorted)."""
+        keys, values, artists = self.share_keys, self.share_values, self.space.artists
+        assert keys is not None and values is not None
+        start = artists.indptr[rows]
+        n_artists = artists.indptr[rows + 1] - start
+        for j in range(int(n_artists.max(initial=0))):
+            has = np.flatnonzero(n_artists > j)
+            probe = user_rows[has] * self.width + artists.indices[start[has] + j]
+            pos = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
+            hit = keys[pos] == probe
+            total[has[hit]] += values[pos[hit]]
+
+    def _collab_maxima(self, user_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """max over the track's artists of the weighted ArtistCF score (0 without one)."""
+        cf, collab = self.cf_artists, self.collab
+        assert cf is not None and collab is not None
+        start = cf.indptr[rows]
+        n_artists = cf.indptr[rows + 1] - start
+        out = np.zeros(len(rows), np.float32)
+        for j in range(int(n_artists.max(initial=0))):
+            has = np.flatnonzero(n_artists > j)
+            values = collab[user_rows[has], cf.indices[start[has] + j]]
+            out[has] = np.maximum(out[has], values)
+        return out
+
+
+def _grid_units(scorer: HybridScorer) -> np.ndarray:
+    """(n, f) float32 unit features on the grid of dna.on_grid, kept with the scorer."""
+    grid = getattr(scorer, "_grid_units32", None)
+    if grid is None:
+        grid = on_grid(scorer.space.units).astype(np.float32)
+        scorer._grid_units32 = grid  # type: ignore[attr-defined]
+    return grid
+
+
+def _member(sorted_keys: np.ndarray, probe: np.ndarray) -> np.ndarray:
+    if len(sorted_keys) == 0:
+        return np.zeros(len(probe), bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, probe), len(sorted_keys) - 1)
+    return sorted_keys[pos] == probe
+
+
+def _pair_keys(matrix: sp.spmatrix | None, n: int) -> np.ndarray:
+    """(U, n) sparse pairs -> sorted user * n + column keys."""
+    if matrix is None:
+        return np.empty(0, np.int64)
+    coo = sp.coo_matrix(matrix)
+    return np.unique(coo.row.astype(np.int64) * n + coo.col)
+
+
+# --------------------------------------------------------------------------- the steps
+def rank_database(
+    scorer: HybridScorer,
+    users: UserInputs,
+    k: int,
+    excluded: sp.csr_matrix | None = None,
+    penalty: np.ndarray | None = None,
+    chunk: int = 262_144,
+    weights: HybridWeights | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`signals.rank_space`'s result (same rows, same float32 scores, same order), by the
+    steps of the module doc. Memory: the user block's inputs, its strong-artist table, its
+    ``E`` pairs and one chunk of the scan, whatever the space's size."""
+    n_users, n_space = users.dna.shape[0], len(scorer.space)
+    w = weights or scorer.weights
+    excluded = None if excluded is None else sp.csr_matrix(excluded)
+    if n_space < _MIN_SPACE or n_users == 0:
+        return rank_space(scorer, users, k, excluded, penalty, chunk, w)
+    k_eff = max(1, min(int(k), n_space))
+    rows = np.full((n_users, k_eff), -1, np.int64)
+    scores = np.full((n_users, k_eff), -np.inf)
+    floor, tau = _floor_and_tau(scorer, users, k_eff, excluded, penalty, w)
+    guessed = np.flatnonzero(np.isfinite(floor))
+    if len(guessed):
+        sub = _select_users(users, guessed)
+        sub_excluded = None if excluded is None else excluded[guessed]
+        r, s = _pruned(scorer, sub, k_eff, sub_excluded, penalty, chunk, w, floor[guessed],
+                       tau[guessed])  # fmt: skip
+        rows[guessed], scores[guessed] = r, s
+    # misled by the sample (the k-th best below F), or no guess at all: every pair
+    again = np.flatnonzero(~(scores[:, -1] >= np.where(np.isfinite(floor), floor, np.inf)))
+    if len(again):
+        log.debug("hybrid scan: %d of %d users ranked over every pair", len(again), n_users)
+        r, s = rank_space(
+            scorer, _select_users(users, again), k_eff,
+            None if excluded is None else excluded[again], penalty, chunk, w,
+        )  # fmt: skip
+        rows[again], scores[again] = r, s
+    return _widen(rows, scores, int(k), n_space)
+
+
+def _pruned(
+    scorer: HybridScorer, users: UserInputs, k: int, excluded: sp.csr_matrix | None,
+    penalty: np.ndarray | None, chunk: int, w: HybridWeights, floor: np.ndarray, tau: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Steps 2-4 of the module doc for users with a finite F: the best k of E and the scan."""
+    n_space = len(scorer.space)
+    strong = _strong_artists(scorer, users, tau, w)
+    largest = strong.lift.max(axis=1, initial=0.0)
+    if w.decoder > 0:
+        largest = largest + w.decoder * np.maximum(users.decoder_z, 0).max(axis=1, initial=0.0)
+    tol = _REL_TOL * (1.0 + np.abs(floor) + tau + w.dna + largest)
+    if penalty is not None:
+        tol += _REL_TOL * float(np.abs(penalty[np.isfinite(penalty)]).max(initial=0.0))
+    order = _artist_order(scorer)
+    excluded_keys = _pair_keys(excluded, n_space)
+    best = StreamingTopK(users.dna.shape[0], k, ordered=False)
+    done, catalogue_done = _rank_before_scan(
+        best, scorer, users, strong, order, k, excluded, excluded_keys, w, penalty, tol
+    )
+    lifted = _artist_route(scorer, users, tau, w)  # E: sorted keys
+    if catalogue_done:  # scored already: a track twice in one top k would take two places
+        lifted = lifted[scorer.space.catalogue_index[lifted % n_space] < 0]
+    hybrid = HybridChunkScorer(
+        scorer, users, w, penalty, np.union1d(lifted, excluded_keys), tol, tau, strong, order,
+        done, catalogue_done,
+    )  # fmt: skip
+    _push_pairs(best, hybrid.pairs, lifted, excluded_keys)
+    e_rows, e_scores = best.result()
+    start_floor = np.maximum(floor, e_scores[:, -1])  # E's k-th best: a true lower bound
+    return scan(
+        SpaceChunks(hybrid.order), hybrid, k, chunk, progress=False, floor=start_floor,  # type: ignore[arg-type]
+        seed=(e_rows, e_scores),
+    )  # fmt: skip
+
+
+def _strong_artists(
+    scorer: HybridScorer, users: UserInputs, tau: np.ndarray, w: HybridWeights
+) -> StrongArtists:
+    """The artists whose lift (weighted share + collab) reaches some user's ``tau``."""
+    n_users, n_artists = users.dna.shape[0], scorer.space.artists.shape[1]
+    shares = sp.csr_matrix(users.shares, dtype=np.float32) * np.float32(w.artist)
+    picked = [np.unique(shares.indices)] if w.artist > 0 else []
+    collab = columns = None
+    if w.collab > 0 and users.collab is not None and scorer.artist_cf is not None:
+        columns = _cf_columns(scorer)  # (A,) CF column of each space artist, -1 none
+        collab = np.float32(w.collab) * np.asarray(users.collab, np.float32)  # (U, A_cf)
+        top_share = _max_row(shares) if w.artist > 0 else np.zeros(n_users)
+        reach = (collab > 0) & (collab >= (tau - top_share)[:, None])
+        known = np.flatnonzero(columns >= 0)
+        picked.append(known[reach[:, columns[known]].any(axis=0)])
+    artists = np.unique(np.concatenate(picked)) if picked else np.empty(0, np.int64)
+    lift = np.zeros((n_users, len(artists)), np.float32)
+    if w.artist > 0 and len(artists):
+        lift += shares[:, artists].toarray()
+    if collab is not None and columns is not None and len(artists):
+        cf = columns[artists]
+        lift[:, cf >= 0] += collab[:, cf[cf >= 0]]
+    keep = (lift >= tau[:, None]).any(axis=0) & (lift > 0).any(axis=0)
+    column = np.full(n_artists, -1, np.int64)
+    column[artists[keep]] = np.arange(int(keep.sum()))
+    return StrongArtists(np.ascontiguousarray(lift[:, keep]), column)
+
+
+def _floor_and_tau(
+    scorer: HybridScorer, users: UserInputs, k: int, excluded: sp.csr_matrix | None,
+    penalty: np.ndarray | None, w: HybridWeights,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Per user, F (a score about _MARGIN * k tracks reach; -inf when the sample cannot say)
+    and tau = F - D >= 0 (D: the DNA part minus the penalty at the same rank)."""
+    n_space, n_users = len(scorer.space), users.dna.shape[0]
+    sample = _sample_rows(n_space, _SAMPLE)
+    rank = int(np.ceil(_MARGIN * k * len(sample) / n_space))
+    floor = np.full(n_users, -np.inf)
+    tau = np.zeros(n_users)
+    if rank > len(sample):
+        return floor, tau
+    prepared = scorer.prepare_rows(sample)  # type: ignore[arg-type]
+    dna_only = HybridWeights(w.dna, 0.0, 0.0, 0.0)
+    pen = None if penalty is None else penalty[sample].astype(np.float32)
+    for a in range(0, n_users, _SAMPLE_USERS):
+        b = min(a + _SAMPLE_USERS, n_users)
+        tile = users.padded(a, b, b - a)
+        full = scorer.score(tile, sample, w, prepared)  # type: ignore[arg-type]
+        dna = scorer.score(tile, sample, dna_only, prepared)  # type: ignore[arg-type]
+        if pen is not None:
+            full -= pen
+            dna -= pen
+        if excluded is not None:
+            out = excluded[a:b][:, sample].tocoo()
+            full[out.row, out.col] = -np.inf
+            dna[out.row, out.col] = -np.inf
+        with np.errstate(invalid="ignore"):  # -inf - -inf where excluded: 0 below
+            lift = np.where(np.isfinite(full), full - dna, np.float32(0))  # (b, S) >= 0
+        f = _ranked(full, rank)
+        d = _ranked(dna, rank)
+        # tau at least the lift about _LIFT_MARGIN * _MARGIN * k tracks reach, so that the
+        # table of strong artists stays small for a user whose lifts barely move F above D
+        least = _ranked(lift, min(len(sample), _LIFT_MARGIN * rank))
+        floor[a:b] = f
+        gap = np.where(np.isfinite(f) & np.isfinite(d), f - d, 0.0)
+        tau[a:b] = np.maximum(np.maximum(gap, least), 0.0)
+    floor[~np.isfinite(floor)] = -np.inf
+    return floor, tau
+
+
+def _ranked(values: np.ndarray, rank: int) -> np.ndarray:
+    """(b, S) -> (b,) float64: each row's rank-th largest value (torch.topk: several times
+    faster than a partition of the whole row)."""
+    top = torch.topk(torch.from_numpy(np.ascontiguousarray(values)), rank, dim=1).values
+    return top[:, rank - 1].numpy().astype(np.float64)
+
+
+@functools.cache
+def _sample_rows(n_space: int, size: int) -> np.ndarray:
+    """A fixed sample of space rows (the same for every block: a user's F and D depend only
+    on the user)."""
+    rng = np.random.default_rng(0)
+    return np.sort(rng.choice(n_space, size=min(size, n_space), replace=False))
+
+
+def _artist_route(
+    scorer: HybridScorer, users: UserInputs, tau: np.ndarray, w: HybridWeights
+) -> np.ndarray:
+    """Keys of the multi-artist tracks with n_artists * (largest per-artist bound) >= tau (so
+    every one whose artist and collab parts can reach tau)."""
+    space = scorer.space
+    n_space, n_artists = len(space), space.artists.shape[1]
+    index = _artist_index(scorer)
+    if index.most < 2 or (w.artist <= 0 and w.collab <= 0):
+        return np.empty(0, np.int64)
+    bound = sp.csr_matrix((users.dna.shape[0], n_artists), dtype=np.float32)
+    if w.artist > 0:
+        bound = bound + sp.csr_matrix(users.shares, dtype=np.float32) * np.float32(w.artist)
+    if w.collab > 0 and users.collab is not None and scorer.artist_cf is not None:
+        columns = _cf_columns(scorer)  # (A,) CF column of each space artist, -1 none
+        known = np.flatnonzero(columns >= 0)
+        collab = np.float32(w.collab) * np.asarray(users.collab, np.float32)[:, columns[known]]
+        # only artists whose bound can reach tau / most need a place in the sparse bound
+        low = (tau / index.most)[:, None]
+        u, c = np.nonzero((collab > 0) & (collab >= low - _max_row(bound)[:, None]))
+        bound = bound + sp.csr_matrix(
+            (collab[u, c], (u, known[c])), shape=bound.shape, dtype=np.float32
+        )
+    bound = sp.coo_matrix(bound)
+    need = tau[bound.row] / np.maximum(bound.data.astype(np.float64), 1e-300)
+    min_artists = np.maximum(np.ceil(need * (1 - 1e-6)), 2)  # n_artists * bound >= tau
+    ok = (bound.data > 0) & (min_artists <= index.most)
+    owners, tracks = index.tracks_of(
+        bound.row[ok].astype(np.int64), bound.col[ok].astype(np.int64), min_artists[ok]
+    )
+    return np.unique(owners * n_space + tracks)  # a track reached by two artists: once
+
+
+def _max_row(matrix: sp.csr_matrix) -> np.ndarray:
+    out = np.asarray(matrix.max(axis=1).todense()).ravel() if matrix.nnz else None
+    return np.zeros(matrix.shape[0]) if out is None else out.astype(np.float64)
+
+
+def _artist_order(scorer: HybridScorer) -> ArtistOrder:
+    order = getattr(scorer, "_artist_order", None)
+    if order is None:
+        order = ArtistOrder.of(scorer.space)
+        scorer._artist_order = order  # type: ignore[attr-defined]
+    return order
+
+
+def _artist_index(scorer: HybridScorer) -> ArtistIndex:
+    index = getattr(scorer, "_artist_index", None)
+    if index is None:
+        index = ArtistIndex.of(scorer.space.artists)
+        scorer._artist_index = index  # type: ignore[attr-defined]
+    return index
+
+
+def _cf_columns(scorer: HybridScorer) -> np.ndarray:
+    import pandas as pd
+
+    assert scorer.artist_cf is not None
+    vocabulary = pd.Index(scorer.artist_cf.vocabulary)
+    return vocabulary.get_indexer(scorer.space.artist_keys).astype(np.int64)
+
+
+def _push_pairs(
+    best: StreamingTopK, pairs: PairScorer, keys: np.ndarray, excluded_keys: np.ndarray
+) -> None:
+    """Score the given (sorted) pairs exactly into ``best``, excluded pairs left out."""
+    keys = keys[~_member(excluded_keys, keys)]
+    user_rows, rows = np.divmod(keys, len(pairs.space))
+    for a in range(0, len(keys), 1 << 20):
+        u, r = user_rows[a : a + (1 << 20)], rows[a : a + (1 << 20)]
+        best.push(u, r, pairs(u, r).astype(np.float64))
+
+
+def _rank_before_scan(
+    best: StreamingTopK, scorer: HybridScorer, users: UserInputs, strong: StrongArtists,
+    order: ArtistOrder, k: int, excluded: sp.csr_matrix | None, excluded_keys: np.ndarray,
+    w: HybridWeights, penalty: np.ndarray | None, tol: np.ndarray,
+) -> tuple[np.ndarray, bool]:  # fmt: skip
+    """Score exactly, by products instead of a gather per pair, what the scan would find
+    costly: per user, every track (single-artist, outside the catalogue) of the highest-lift
+    artists with at least _LONG_RUN such tracks until k of them, then of every such artist
+    whose tracks can still reach that k-th best; and, with a decoder weight, the catalogue.
+    Returns the (U, S) strong artists so ranked per user and whether the catalogue was."""
+    done = np.zeros(strong.lift.shape, bool)
+    artists = np.flatnonzero(strong.column >= 0)
+    artists = artists[order.count[artists] >= _LONG_RUN]
+    runs = _ArtistRuns(scorer, users, order, excluded, w, penalty)
+    if len(artists):
+        lift = strong.lift[:, strong.column[artists]]  # (U, L)
+        ranked = np.argsort(-lift, axis=1, kind="stable")  # each user's artists, best first
+        tracks = order.count[artists][ranked]
+        before = np.cumsum(tracks, axis=1) - tracks
+        take = np.zeros(lift.shape, bool)
+        np.put_along_axis(take, ranked, before < k, axis=1)
+        take &= lift > 0
+        runs.push(best, artists, take)
+        done[:, strong.column[artists]] = take
+        best.settle(np.arange(best.fill.shape[0]))
+        # tracks of an artist reach at most its lift + w_dna: those that can beat the k-th
+        reach = lift + (w.dna + tol)[:, None] >= best.threshold[:, None]
+        more = reach & ~take & (lift > 0)
+        runs.push(best, artists, more)
+        done[:, strong.column[artists]] |= more
+    catalogue = np.flatnonzero(scorer.space.catalogue_index >= 0)
+    if w.decoder <= 0 or len(catalogue) == 0:
+        return done, False
+    prepared = scorer.prepare_rows(catalogue)  # type: ignore[arg-type]
+    n_users, n_space = users.dna.shape[0], len(scorer.space)
+    for a in range(0, n_users, _SAMPLE_USERS):
+        b = min(a + _SAMPLE_USERS, n_users)
+        scores = scorer.score(users.padded(a, b, b - a), catalogue, w, prepared)  # type: ignore[arg-type]
+        if penalty is not None:
+            scores -= penalty[catalogue].astype(np.float32)
+        u = np.arange(a, b)
+        keys = u[:, None] * n_space + catalogue[None, :]
+        scores[_member(excluded_keys, keys.ravel()).reshape(keys.shape)] = -np.inf
+        best.push(np.repeat(u, len(catalogue)), np.tile(catalogue, len(u)),
+                  scores.ravel().astype(np.float64))  # fmt: skip
+    return done, True
+
+
+class _ArtistRuns:
+    """Exact scores of every (user, track) of chosen single-artist runs outside the catalogue,
+    one product per artist: the float32 steps of pair_scores (artist share, no decoder part,
+    DNA, collab, penalty) on a (users x run) block."""
+
+    def __init__(
+        self, scorer: HybridScorer, users: UserInputs, order: ArtistOrder,
+        excluded: sp.csr_matrix | None, w: HybridWeights, penalty: np.ndarray | None,
+    ) -> None:  # fmt: skip
+        self.scorer, self.order, self.w = scorer, order, w
+        self.penalty = None if penalty is None else penalty.astype(np.float32)
+        self.shares = sp.csc_matrix(
+            sp.csr_matrix(users.shares, dtype=np.float32) * np.float32(w.artist)
+        )
+        dna = np.asarray(users.dna, np.float32)
+        self.grid = on_grid(np.where(np.isfinite(dna).all(axis=1)[:, None], dna, 0.0))
+        self.collab = self.columns = None
+        if w.collab > 0 and users.collab is not None and scorer.artist_cf is not None:
+            self.collab = np.asarray(users.collab, np.float32)
+            self.columns = _cf_columns(scorer)
+        # excluded pairs by position in the order: a run finds its own by two searches
+        self.out_user = self.out_position = np.empty(0, np.int64)
+        if excluded is not None and excluded.nnz:
+            coo = sp.coo_matrix(excluded)
+            position = order.position[coo.col]
+            by = np.argsort(position, kind="stable")
+            self.out_user, self.out_position = coo.row[by].astype(np.int64), position[by]
+
+    def push(self, best: StreamingTopK, artists: np.ndarray, chosen: np.ndarray) -> None:
+        """Score the runs of ``artists[j]`` for the users with ``chosen[:, j]`` (U, L); only
+        scores that can enter a user's best k are pushed."""
+        for j in np.flatnonzero(chosen.any(axis=0)):
+            self._push_run(best, int(artists[j]), np.flatnonzero(chosen[:, j]))
+
+    def _push_run(self, best: StreamingTopK, a: int, u: np.ndarray) -> None:
+        w, order, space = self.w, self.order, self.scorer.space
+        p0, p1 = int(order.first[a]), int(order.first[a] + order.count[a])
+        rows = order.rows[p0:p1]
+        total = np.zeros((len(u), len(rows)), np.float32)
+        if w.artist > 0:
+            total += self.shares[:, a].toarray()[u]
+        if w.dna > 0:
+            cos = (self.grid[u] @ order.grid[:, p0:p1].astype(np.float64)).astype(np.float32)
+            cos *= np.float32(w.dna)
+            without = ~space.has_features[rows]
+            if without.any():
+                cos[:, without] = 0.0
+            total += cos
+        if self.collab is not None and self.columns is not None and self.columns[a] >= 0:
+            total += (np.float32(w.collab) * self.collab[u, self.columns[a]])[:, None]
+        if self.penalty is not None:
+            total -= self.penalty[rows]
+        i0, i1 = np.searchsorted(self.out_position, (p0, p1))
+        if i1 > i0:  # this run's excluded pairs, for the users scored here
+            who = np.searchsorted(u, self.out_user[i0:i1])
+            mine = (who < len(u)) & (u[np.minimum(who, len(u) - 1)] == self.out_user[i0:i1])
+            total[who[mine], self.out_position[i0:i1][mine] - p0] = -np.inf
+        bar = rounded_down(best.threshold[u])  # (b,) float32: below it, never in the top k
+        r, c = np.nonzero(total >= bar[:, None])
+        best.push(u[r], rows[c], total[r, c].astype(np.float64))
+
+
+def _select_users(users: UserInputs, which: np.ndarray) -> UserInputs:
+    return UserInputs(
+        users.dna[which], users.dna_raw[which], users.shares[which],
+        None if users.collab is None else users.collab[which], users.decoder_z[which],
+        users.history[which], users.usable[which],
+    )  # fmt: skip
+
+
+def _widen(
+    rows: np.ndarray, scores: np.ndarray, k: int, n_space: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(U, min(k, n)) -> rank_space's (U, k) float32 layout (see there)."""
+    from deepvibe.discovery.signals import _fill_unscored
+
+    out_rows = np.full((rows.shape[0], k), -1, np.int64)
+    out_scores = np.full((rows.shape[0], k), -np.inf, np.float32)
+    out_rows[:, : rows.shape[1]] = rows
+    out_scores[:, : rows.shape[1]] = scores
+    _fill_unscored(out_rows, out_scores, min(k, n_space))
+    return out_rows, out_scores

@@ -1,0 +1,163 @@
+"""The hybrid's pruned database ranking (hybrid_scan.rank_database) returns exactly what scoring
+every (user, track) pair returns (signals.rank_space): the same rows, order and float32 scores,
+in every mode, with exact ties, near-ties and multi-artist credits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from deepvibe.discovery import hybrid_scan
+from deepvibe.discovery.discoverer import gems_penalty
+from deepvibe.discovery.hybrid import HybridWeights, artist_share_matrix, unit_rows, zscore_rows
+from deepvibe.discovery.hybrid_scan import pair_scores, rank_database
+from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
+from deepvibe.model.artist_cf import ArtistCF
+
+N_SPACE, N_ARTISTS, N_CATALOGUE, N_USERS = 20_000, 1500, 900, 70
+
+
+def _space(rng: np.random.Generator, n_artists: int = N_ARTISTS) -> TrackSpace:
+    """Tracks drawn from 40 feature vectors (exact DNA ties) plus near-ties, 0-3 artists each
+    (a few with 6), integer popularity (exact penalty ties), some without features."""
+    protos = rng.normal(size=(40, 12)).astype(np.float32)
+    z = protos[rng.integers(0, 40, N_SPACE)]
+    near = rng.random(N_SPACE) < 0.5  # cosines a few float32 ulps apart
+    z[near] += (rng.normal(size=(int(near.sum()), 12)) * 1e-6).astype(np.float32)
+    has = rng.random(N_SPACE) > 0.1
+    z[~has] = 0.0
+    n_credits = rng.choice([0, 1, 1, 1, 2, 3], N_SPACE)
+    n_credits[rng.choice(N_SPACE, 20, replace=False)] = 6
+    rows = np.repeat(np.arange(N_SPACE), n_credits)
+    artists = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, rng.integers(0, n_artists, len(rows)))),
+        shape=(N_SPACE, n_artists),
+    )
+    artists.data[:] = 1.0  # a repeated credit counts once
+    catalogue_index = np.full(N_SPACE, -1, np.int64)
+    inside = rng.choice(N_SPACE, 700, replace=False)
+    catalogue_index[inside] = rng.choice(N_CATALOGUE, 700, replace=False)
+    popularity = rng.integers(0, 101, N_SPACE).astype(np.float32)
+    popularity[rng.random(N_SPACE) < 0.05] = np.nan
+    return TrackSpace(
+        track_ids=np.array([f"t{i}" for i in range(N_SPACE)], dtype=object),
+        units=unit_rows(z), standardised=z, has_features=has, artists=artists,
+        artist_keys=np.array([f"a{i}" for i in range(n_artists)], dtype=object),
+        catalogue_index=catalogue_index, popularity=popularity,
+    )  # fmt: skip
+
+
+def _scorer_and_inputs(
+    seed: int, dense_collab: bool = False, n_artists: int = N_ARTISTS
+) -> tuple[HybridScorer, UserInputs]:
+    """``dense_collab``: every artist in the CF vocabulary with 50 neighbours, so most tracks
+    carry a small collab part (the case where a lift below tau still decides a place);
+    ``n_artists`` 30: hundreds of tracks per artist, long runs of one artist in a tile."""
+    rng = np.random.default_rng(seed)
+    space = _space(rng, n_artists)
+    if dense_collab:
+        vocabulary = np.array([f"a{i}" for i in range(n_artists)], object)
+    else:  # a tenth of the space's artists and 10 it does not have
+        vocabulary = np.array(
+            [f"a{i}" for i in range(0, n_artists, 10)] + [f"x{i}" for i in range(10)], object
+        )
+    listeners = sp.random(300, len(vocabulary), density=0.05, random_state=3, format="csr")
+    artist_cf = ArtistCF.fit(listeners, vocabulary, max_neighbours=50 if dense_collab else 5)
+    scorer = HybridScorer(
+        None, np.zeros((N_CATALOGUE, 12), np.float32), space,  # type: ignore[arg-type]
+        HybridWeights(1.0, 3.0, 1.0, 0.25), 1.0, None, artist_cf,
+    )  # fmt: skip
+    history = sp.random(N_USERS, N_SPACE, density=0.001, random_state=seed, format="csr")
+    history.data[:] = 1.0
+    history = sp.csr_matrix(history, dtype=np.float32)
+    cf_users = sp.csr_matrix(history @ scorer.cf_artists)
+    cf_users.data[:] = 1.0
+    dna = space.units[rng.integers(0, N_SPACE, N_USERS)].copy()  # ties with many tracks
+    dna[5] = np.nan  # no finite DNA: its DNA part is 0
+    dna[6] = 0.0
+    decoder = np.round(rng.normal(size=(N_USERS, N_CATALOGUE)) * 4) / 4  # many equal z-scores
+    inputs = UserInputs(
+        dna=dna, dna_raw=dna, shares=artist_share_matrix(history, space.artists),
+        collab=artist_cf.user_scores(cf_users), decoder_z=zscore_rows(decoder),
+        history=history, usable=np.ones(N_USERS, bool),
+    )  # fmt: skip
+    return scorer, inputs
+
+
+@pytest.fixture
+def small_sample(monkeypatch):  # noqa: ANN201
+    """Sample and size limits scaled to a 20,000-track space."""
+    monkeypatch.setattr(hybrid_scan, "_SAMPLE", 2048)
+    monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0)
+    yield
+
+
+def _by_every_pair_too(monkeypatch) -> list[int]:  # noqa: ANN001
+    """Counts the users rank_database hands to rank_space."""
+    handed: list[int] = []
+
+    def counting(scorer, users, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        handed.append(users.dna.shape[0])
+        return rank_space(scorer, users, *args, **kwargs)
+
+    monkeypatch.setattr(hybrid_scan, "rank_space", counting)
+    return handed
+
+
+@pytest.mark.parametrize("mode", ["standard", "gems", "new-artists", "gems-new-artists"])
+@pytest.mark.parametrize(
+    "weights",
+    [None, HybridWeights(0.01, 0.03, 3.0, 0.3), HybridWeights(0.0, 1.0, 1.0, 1.0),
+     HybridWeights(1.0, 0.0, 0.0, 0.0), HybridWeights(0.001, 3000.0, 1000.0, 500.0),
+     HybridWeights(1.0, 0.1, 0.3, 0.0)],
+)  # fmt: skip
+@pytest.mark.parametrize(("dense_collab", "n_artists"), [(False, N_ARTISTS), (True, N_ARTISTS),
+                                                       (True, 30)])  # fmt: skip
+def test_pruned_ranking_equals_scoring_every_pair(
+    monkeypatch, small_sample, mode, weights, dense_collab, n_artists
+) -> None:
+    scorer, inputs = _scorer_and_inputs(0, dense_collab, n_artists)
+    excluded = inputs.history
+    if "new-artists" in mode:
+        excluded = (inputs.history + scorer.space.same_artist_tracks(inputs.history)).tocsr()
+    penalty = gems_penalty(scorer.space.popularity, 0.5, 80.0) if "gems" in mode else None
+    want_rows, want_scores = rank_space(scorer, inputs, 100, excluded, penalty, 16_384, weights)
+    handed = _by_every_pair_too(monkeypatch)
+    rows, scores = rank_database(scorer, inputs, 100, excluded, penalty, 4096, weights)
+    np.testing.assert_array_equal(rows, want_rows)
+    assert scores.tobytes() == want_scores.tobytes()
+    assert np.isfinite(want_scores[:, :50]).all()  # the ranking is not all padding
+    assert sum(handed) <= N_USERS // 10  # the pruned steps ranked almost everyone
+
+
+def test_pruned_ranking_with_k_beyond_what_is_rankable(monkeypatch, small_sample) -> None:
+    scorer, inputs = _scorer_and_inputs(1)
+    penalty = gems_penalty(scorer.space.popularity, 0.2, None)
+    penalty[: N_SPACE - 30] = np.inf  # 30 rankable tracks at most: the rest is -inf padding
+    want = rank_space(scorer, inputs, 50, inputs.history, penalty)
+    rows, scores = rank_database(scorer, inputs, 50, inputs.history, penalty)
+    np.testing.assert_array_equal(rows, want[0])
+    assert scores.tobytes() == want[1].tobytes()
+
+
+@pytest.mark.parametrize(
+    "weights", [None, HybridWeights(0.001, 3000.0, 1000.0, 500.0), HybridWeights(7, 0.1, 0, 0.2)]
+)
+def test_pair_scores_are_the_tile_scores_bit_for_bit(weights) -> None:
+    scorer, inputs = _scorer_and_inputs(3)
+    penalty = gems_penalty(scorer.space.popularity, 0.5, None)
+    rows = slice(0, 5000)
+    want = scorer.score(inputs, rows, weights) - penalty[rows].astype(np.float32)
+    u, c = np.divmod(np.arange(want.size), want.shape[1])
+    got = pair_scores(scorer, inputs, u, c, weights, penalty)
+    assert got.tobytes() == want.ravel().tobytes()
+
+
+def test_a_users_ranking_does_not_depend_on_the_block(monkeypatch, small_sample) -> None:
+    scorer, inputs = _scorer_and_inputs(4)
+    rows, scores = rank_database(scorer, inputs, 100, inputs.history)
+    alone = inputs.padded(7, 8, 1)
+    one_rows, one_scores = rank_database(scorer, alone, 100, inputs.history[7:8])
+    np.testing.assert_array_equal(one_rows[0], rows[7])
+    assert one_scores[0].tobytes() == scores[7].tobytes()
