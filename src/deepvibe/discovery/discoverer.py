@@ -410,7 +410,7 @@ class Discoverer:
         uniq, where = np.unique(picked, return_inverse=True)
         tracks = track_table(db.take_arrow(uniq))  # one metadata read for the whole block
         similarity = np.einsum("ij,ij->i", inputs.dna[users], space.units[picked])
-        reasons = _reasons(scorer, inputs, rows, found, space)
+        reasons = _reasons(scorer, inputs, rows, found, space, similarity)
         score = scores[users, slot].astype(np.float64)
         hits = _Hits(users, where, similarity.astype(np.float64), score, reasons)
         return tracks, hits, inputs.dna_raw.astype(np.float64)
@@ -533,16 +533,16 @@ def _reasons(
     rows: np.ndarray,
     found: np.ndarray,
     space: TrackSpace,
+    cosine: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``why`` of each found (user, track), users in order: the part that added most,
     as :func:`deepvibe.discovery.hybrid.why` says it, for the whole block at once.
 
-    Parts are computed per (user, track) pair (one user tile at a time over the tile's
-    picked tracks; the DNA cosine pair by pair), so a user's reasons do not depend on who
-    else is in the block."""
+    Parts are computed pair by pair, so a user's reasons do not depend on who else is in
+    the block; ``cosine``: the pairs' DNA cosines, where the caller has them already."""
     users, slot = np.nonzero(found)
     picked = rows[users, slot]
-    parts = _pair_parts(scorer, inputs, users, picked)
+    parts = _pair_parts(scorer, inputs, users, picked, cosine)
     names = [p for p in PARTS if p in parts]
     out = np.full(len(users), "", dtype=object)
     if not names or not len(users):
@@ -570,14 +570,17 @@ def _reasons(
 
 
 def _pair_parts(
-    scorer: HybridScorer, inputs: UserInputs, users: np.ndarray, picked: np.ndarray
-) -> dict[str, np.ndarray]:
+    scorer: HybridScorer, inputs: UserInputs, users: np.ndarray, picked: np.ndarray,
+    cosine: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:  # fmt: skip
     """(H,) float32 value of each part for each (users[i], picked[i]) pair, pair by pair (so
     a user's reasons do not depend on the block): the artist, decoder and collab parts as
     :meth:`HybridScorer.parts` gives them, the DNA cosine of the float32 unit vectors."""
     unit = HybridWeights(dna=0.0, artist=1.0, collab=1.0, decoder=1.0)
     out = PairScorer(scorer, inputs, unit, None).parts(users, picked)
-    cos = np.einsum("ij,ij->i", inputs.dna[users], scorer.space.units[picked])
+    if cosine is None:  # the report's similarity column, when the caller has it
+        cosine = np.einsum("ij,ij->i", inputs.dna[users], scorer.space.units[picked])
+    cos = np.array(cosine, np.float32)
     cos[~scorer.space.has_features[picked]] = np.nan
     out["dna"] = cos.astype(np.float32)
     return out
