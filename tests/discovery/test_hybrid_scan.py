@@ -124,7 +124,13 @@ def test_pruned_ranking_equals_scoring_every_pair(
     penalty = gems_penalty(scorer.space.popularity, 0.5, 80.0) if "gems" in mode else None
     want_rows, want_scores = rank_space(scorer, inputs, 100, excluded, penalty, 16_384, weights)
     handed = _by_every_pair_too(monkeypatch)
-    rows, scores = rank_database(scorer, inputs, 100, excluded, penalty, 4096, weights)
+    artists = None  # the pruned path takes the history's artists, not their every track
+    if "new-artists" in mode:
+        artists = sp.csr_matrix(inputs.history @ scorer.space.artists)
+        artists.data[:] = 1.0
+    rows, scores = rank_database(
+        scorer, inputs, 100, inputs.history, penalty, 4096, weights, artists
+    )
     np.testing.assert_array_equal(rows, want_rows)
     assert scores.tobytes() == want_scores.tobytes()
     assert np.isfinite(want_scores[:, :50]).all()  # the ranking is not all padding
@@ -161,3 +167,18 @@ def test_a_users_ranking_does_not_depend_on_the_block(monkeypatch, small_sample)
     one_rows, one_scores = rank_database(scorer, alone, 100, inputs.history[7:8])
     np.testing.assert_array_equal(one_rows[0], rows[7])
     assert one_scores[0].tobytes() == scores[7].tobytes()
+
+
+def test_excluded_artists_exclude_what_their_every_track_would(monkeypatch, small_sample) -> None:
+    """--new-artists as (history, the history's artists) ranks like the same exclusion given
+    as every excluded (user, track) pair, and like rank_space."""
+    scorer, inputs = _scorer_and_inputs(5, True, 30)
+    every = (inputs.history + scorer.space.same_artist_tracks(inputs.history)).tocsr()
+    artists = sp.csr_matrix(inputs.history @ scorer.space.artists)
+    artists.data[:] = 1.0
+    want = rank_space(scorer, inputs, 100, every)
+    by_pairs = rank_database(scorer, inputs, 100, every)
+    by_artists = rank_database(scorer, inputs, 100, inputs.history, None, 4096, None, artists)
+    for rows, scores in (by_pairs, by_artists):
+        np.testing.assert_array_equal(rows, want[0])
+        assert scores.tobytes() == want[1].tobytes()

@@ -396,14 +396,17 @@ class Discoverer:
         history = _history_in_space(batch, space)  # (b, m) binary
         anchor = self.new_artist_anchor if "new-artists" in mode else None
         inputs = scorer.user_inputs(history, batch.plays, anchor)
-        excluded = history
+        artists = None  # --new-artists: every track crediting an artist of the history
         if "new-artists" in mode:
-            excluded = (history + space.same_artist_tracks(history)).tocsr()
+            artists = sp.csr_matrix(history @ space.artists)
+            artists.data[:] = 1.0
         penalty = None
         if mode.startswith("gems"):
             penalty = gems_penalty(space.popularity, s.gems_lambda, s.popularity_ceiling)
         weights = self.new_artist_weights if "new-artists" in mode else None
-        rows, scores = rank_database(scorer, inputs, n, excluded, penalty, s.chunk_size, weights)
+        rows, scores = rank_database(
+            scorer, inputs, n, history, penalty, s.chunk_size, weights, artists
+        )
         found = np.isfinite(scores) & inputs.usable[:, None]
         users, slot = np.nonzero(found)
         picked = rows[users, slot]  # space rows are database rows

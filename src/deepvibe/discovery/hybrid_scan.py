@@ -159,7 +159,7 @@ class HybridChunkScorer:
     """A :class:`~deepvibe.discovery.scan.ChunkScorer` for step 4 of :func:`rank_database`:
     ``approximate`` is the DNA part minus the penalty (float32 product), ``candidates`` adds
     what a column's lift may add (see the module doc), ``exact`` is the full hybrid score, -inf
-    for the pairs in ``skip`` (excluded, or in E)."""
+    for excluded pairs and for those ranked before the scan (in its seed)."""
 
     def __init__(
         self,
@@ -167,7 +167,8 @@ class HybridChunkScorer:
         users: UserInputs,
         weights: HybridWeights,
         penalty: np.ndarray | None,
-        skip: np.ndarray,
+        excluded: Exclusions,
+        seeded: np.ndarray,
         tolerance: np.ndarray,
         tau: np.ndarray,
         strong: StrongArtists,
@@ -178,7 +179,8 @@ class HybridChunkScorer:
         self.scorer, self.users, self.weights = scorer, users, weights
         self.penalty = penalty
         self.pairs = PairScorer(scorer, users, weights, penalty)
-        self.skip = skip  # sorted user * n + row keys
+        self.excluded = excluded
+        self.seeded = seeded  # sorted user * n + row keys of pairs ranked before the scan
         self.tolerance = tolerance  # (U,) float32 rounding
         self.tau = tau  # (U,) the most a lift outside the table and E can add
         self.strong, self.order = strong, order
@@ -293,7 +295,8 @@ class HybridChunkScorer:
     ) -> dict[str, np.ndarray]:
         rows = prepared["rows"][cols]
         score = self.pairs(users, rows)
-        score[_member(self.skip, users * len(self.scorer.space) + rows)] = -np.inf
+        score[self.excluded.mask(users, rows)] = -np.inf
+        score[_member(self.seeded, users * len(self.scorer.space) + rows)] = -np.inf
         catalogue = prepared["catalogue"][cols] >= 0
         if self.catalogue_done:  # in the seed already
             score[catalogue] = -np.inf
@@ -443,11 +446,69 @@ def _member(sorted_keys: np.ndarray, probe: np.ndarray) -> np.ndarray:
 
 
 def _pair_keys(matrix: sp.spmatrix | None, n: int) -> np.ndarray:
-    """(U, n) sparse pairs -> sorted user * n + column keys."""
+    """(U, n) sparse pairs -> sorted user * n + column keys: a canonical CSR's own order (no
+    sort of what can be millions of pairs: every track of a user's artists, --new-artists)."""
     if matrix is None:
         return np.empty(0, np.int64)
-    coo = sp.coo_matrix(matrix)
-    return np.unique(coo.row.astype(np.int64) * n + coo.col)
+    csr = sp.csr_matrix(matrix, copy=True)
+    csr.sum_duplicates()  # and sorts each row's columns
+    owner = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
+    return owner * n + csr.indices
+
+
+class Exclusions:
+    """What a block's users must never get: (U, n) pairs (their history), and every track
+    crediting one of (U, A) artists (``--new-artists``: the history's artists) without the
+    millions of pairs that would take."""
+
+    def __init__(
+        self, space: TrackSpace, pairs: sp.csr_matrix | None, artists: sp.csr_matrix | None
+    ) -> None:
+        self.space = space
+        self.pairs = None if pairs is None else sp.csr_matrix(pairs)
+        self.artists = None if artists is None else sp.csr_matrix(artists)
+        self.pair_keys = _pair_keys(self.pairs, len(space))
+        self.artist_keys = _pair_keys(self.artists, space.artists.shape[1])
+
+    def select(self, which: np.ndarray) -> Exclusions:
+        return Exclusions(
+            self.space, None if self.pairs is None else self.pairs[which],
+            None if self.artists is None else self.artists[which],
+        )  # fmt: skip
+
+    def full(self) -> sp.csr_matrix | None:
+        """Every excluded pair as one (U, n) matrix (for rank_space)."""
+        if self.artists is None:
+            return self.pairs
+        by_artist = sp.csr_matrix(sp.csr_matrix(self.artists, dtype=np.float32)
+                                  @ self.space.artists.T)  # fmt: skip
+        by_artist.data[:] = 1.0
+        return by_artist if self.pairs is None else sp.csr_matrix(by_artist + self.pairs)
+
+    def mask(self, user_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(P,) bool: whether each (user, space row) pair is excluded."""
+        out = _member(self.pair_keys, user_rows * len(self.space) + rows)
+        if len(self.artist_keys):
+            artists, width = self.space.artists, self.space.artists.shape[1]
+            start = artists.indptr[rows]
+            n_artists = artists.indptr[rows + 1] - start
+            for j in range(int(n_artists.max(initial=0))):
+                has = np.flatnonzero(n_artists > j)
+                probe = user_rows[has] * width + artists.indices[start[has] + j]
+                out[has] |= _member(self.artist_keys, probe)
+        return out
+
+    def block(self, a: int, b: int, rows: np.ndarray) -> np.ndarray:
+        """(b - a, len(rows)) bool: users a:b against the given space rows."""
+        out = np.zeros((b - a, len(rows)), bool)
+        if self.pairs is not None:
+            coo = self.pairs[a:b][:, rows].tocoo()
+            out[coo.row, coo.col] = True
+        if self.artists is not None:
+            hit = sp.csr_matrix(self.artists[a:b], dtype=np.float32) @ self.space.artists[rows].T
+            coo = sp.coo_matrix(hit)
+            out[coo.row, coo.col] = True
+        return out
 
 
 # --------------------------------------------------------------------------- the steps
@@ -459,40 +520,42 @@ def rank_database(
     penalty: np.ndarray | None = None,
     chunk: int = 262_144,
     weights: HybridWeights | None = None,
+    excluded_artists: sp.csr_matrix | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`signals.rank_space`'s result (same rows, same float32 scores, same order), by the
-    steps of the module doc. Memory: the user block's inputs, its strong-artist table, its
-    ``E`` pairs and one chunk of the scan, whatever the space's size."""
+    steps of the module doc, for ``excluded`` (U, n) pairs and every track crediting one of
+    ``excluded_artists`` (U, A) (rank_space's ``excluded`` is their union). Memory: the user
+    block's inputs, its strong-artist table, what step 3 ranks and one chunk of the scan,
+    whatever the space's size."""
     n_users, n_space = users.dna.shape[0], len(scorer.space)
     w = weights or scorer.weights
-    excluded = None if excluded is None else sp.csr_matrix(excluded)
+    out = Exclusions(scorer.space, excluded, excluded_artists)
     if n_space < _MIN_SPACE or n_users == 0:
-        return rank_space(scorer, users, k, excluded, penalty, chunk, w)
+        return rank_space(scorer, users, k, out.full(), penalty, chunk, w)
     k_eff = max(1, min(int(k), n_space))
     rows = np.full((n_users, k_eff), -1, np.int64)
     scores = np.full((n_users, k_eff), -np.inf)
-    floor, tau = _floor_and_tau(scorer, users, k_eff, excluded, penalty, w)
+    floor, tau = _floor_and_tau(scorer, users, k_eff, out, penalty, w)
     guessed = np.flatnonzero(np.isfinite(floor))
     if len(guessed):
         sub = _select_users(users, guessed)
-        sub_excluded = None if excluded is None else excluded[guessed]
-        r, s = _pruned(scorer, sub, k_eff, sub_excluded, penalty, chunk, w, floor[guessed],
-                       tau[guessed])  # fmt: skip
+        r, s = _pruned(scorer, sub, k_eff, out.select(guessed), penalty, chunk, w,
+                       floor[guessed], tau[guessed])  # fmt: skip
         rows[guessed], scores[guessed] = r, s
     # misled by the sample (the k-th best below F), or no guess at all: every pair
     again = np.flatnonzero(~(scores[:, -1] >= np.where(np.isfinite(floor), floor, np.inf)))
     if len(again):
         log.debug("hybrid scan: %d of %d users ranked over every pair", len(again), n_users)
         r, s = rank_space(
-            scorer, _select_users(users, again), k_eff,
-            None if excluded is None else excluded[again], penalty, chunk, w,
+            scorer, _select_users(users, again), k_eff, out.select(again).full(), penalty,
+            chunk, w,
         )  # fmt: skip
         rows[again], scores[again] = r, s
     return _widen(rows, scores, int(k), n_space)
 
 
 def _pruned(
-    scorer: HybridScorer, users: UserInputs, k: int, excluded: sp.csr_matrix | None,
+    scorer: HybridScorer, users: UserInputs, k: int, out: Exclusions,
     penalty: np.ndarray | None, chunk: int, w: HybridWeights, floor: np.ndarray, tau: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Steps 2-4 of the module doc for users with a finite F: the best k of E and the scan."""
@@ -505,19 +568,26 @@ def _pruned(
     if penalty is not None:
         tol += _REL_TOL * float(np.abs(penalty[np.isfinite(penalty)]).max(initial=0.0))
     order = _artist_order(scorer)
-    excluded_keys = _pair_keys(excluded, n_space)
     best = StreamingTopK(users.dna.shape[0], k, ordered=False)
+    banned = None  # (user, strong column) of the users' excluded artists: none of their tracks
+    if out.artists is not None:
+        coo = sp.coo_matrix(out.artists)
+        column = strong.column[coo.col]
+        banned = coo.row[column >= 0], column[column >= 0]
+        strong.lift[banned] = 0.0  # never ranked before the scan
     done, catalogue_done = _rank_before_scan(
-        best, scorer, users, strong, order, k, excluded, excluded_keys, w, penalty, tol
+        best, scorer, users, strong, order, k, out, w, penalty, tol
     )
+    if banned is not None:
+        done[banned] = True  # nor candidates in the scan
     lifted = _artist_route(scorer, users, tau, w)  # E: sorted keys
     if catalogue_done:  # scored already: a track twice in one top k would take two places
         lifted = lifted[scorer.space.catalogue_index[lifted % n_space] < 0]
     hybrid = HybridChunkScorer(
-        scorer, users, w, penalty, np.union1d(lifted, excluded_keys), tol, tau, strong, order,
+        scorer, users, w, penalty, out, lifted, tol, tau, strong, order,
         done, catalogue_done,
     )  # fmt: skip
-    _push_pairs(best, hybrid.pairs, lifted, excluded_keys)
+    _push_pairs(best, hybrid.pairs, lifted, out)
     e_rows, e_scores = best.result()
     start_floor = np.maximum(floor, e_scores[:, -1])  # E's k-th best: a true lower bound
     return scan(
@@ -555,7 +625,7 @@ def _strong_artists(
 
 
 def _floor_and_tau(
-    scorer: HybridScorer, users: UserInputs, k: int, excluded: sp.csr_matrix | None,
+    scorer: HybridScorer, users: UserInputs, k: int, excluded: Exclusions,
     penalty: np.ndarray | None, w: HybridWeights,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Per user, F (a score about _MARGIN * k tracks reach; -inf when the sample cannot say)
@@ -578,10 +648,9 @@ def _floor_and_tau(
         if pen is not None:
             full -= pen
             dna -= pen
-        if excluded is not None:
-            out = excluded[a:b][:, sample].tocoo()
-            full[out.row, out.col] = -np.inf
-            dna[out.row, out.col] = -np.inf
+        never = excluded.block(a, b, sample)
+        full[never] = -np.inf
+        dna[never] = -np.inf
         with np.errstate(invalid="ignore"):  # -inf - -inf where excluded: 0 below
             lift = np.where(np.isfinite(full), full - dna, np.float32(0))  # (b, S) >= 0
         f = _ranked(full, rank)
@@ -674,20 +743,21 @@ def _cf_columns(scorer: HybridScorer) -> np.ndarray:
 
 
 def _push_pairs(
-    best: StreamingTopK, pairs: PairScorer, keys: np.ndarray, excluded_keys: np.ndarray
+    best: StreamingTopK, pairs: PairScorer, keys: np.ndarray, excluded: Exclusions
 ) -> None:
     """Score the given (sorted) pairs exactly into ``best``, excluded pairs left out."""
-    keys = keys[~_member(excluded_keys, keys)]
     user_rows, rows = np.divmod(keys, len(pairs.space))
-    for a in range(0, len(keys), 1 << 20):
+    keep = ~excluded.mask(user_rows, rows)
+    user_rows, rows = user_rows[keep], rows[keep]
+    for a in range(0, len(rows), 1 << 20):
         u, r = user_rows[a : a + (1 << 20)], rows[a : a + (1 << 20)]
         best.push(u, r, pairs(u, r).astype(np.float64))
 
 
 def _rank_before_scan(
     best: StreamingTopK, scorer: HybridScorer, users: UserInputs, strong: StrongArtists,
-    order: ArtistOrder, k: int, excluded: sp.csr_matrix | None, excluded_keys: np.ndarray,
-    w: HybridWeights, penalty: np.ndarray | None, tol: np.ndarray,
+    order: ArtistOrder, k: int, excluded: Exclusions, w: HybridWeights,
+    penalty: np.ndarray | None, tol: np.ndarray,
 ) -> tuple[np.ndarray, bool]:  # fmt: skip
     """Score exactly, by products instead of a gather per pair, what the scan would find
     costly: per user, every track (single-artist, outside the catalogue) of the highest-lift
@@ -697,7 +767,9 @@ def _rank_before_scan(
     done = np.zeros(strong.lift.shape, bool)
     artists = np.flatnonzero(strong.column >= 0)
     artists = artists[order.count[artists] >= _LONG_RUN]
-    runs = _ArtistRuns(scorer, users, order, excluded, w, penalty)
+    # a run is one artist's single-artist tracks and no excluded artist is chosen (lift 0),
+    # so only excluded pairs can be in it
+    runs = _ArtistRuns(scorer, users, order, excluded.pairs, w, penalty)
     if len(artists):
         lift = strong.lift[:, strong.column[artists]]  # (U, L)
         ranked = np.argsort(-lift, axis=1, kind="stable")  # each user's artists, best first
@@ -718,15 +790,14 @@ def _rank_before_scan(
     if w.decoder <= 0 or len(catalogue) == 0:
         return done, False
     prepared = scorer.prepare_rows(catalogue)  # type: ignore[arg-type]
-    n_users, n_space = users.dna.shape[0], len(scorer.space)
+    n_users = users.dna.shape[0]
     for a in range(0, n_users, _SAMPLE_USERS):
         b = min(a + _SAMPLE_USERS, n_users)
         scores = scorer.score(users.padded(a, b, b - a), catalogue, w, prepared)  # type: ignore[arg-type]
         if penalty is not None:
             scores -= penalty[catalogue].astype(np.float32)
         u = np.arange(a, b)
-        keys = u[:, None] * n_space + catalogue[None, :]
-        scores[_member(excluded_keys, keys.ravel()).reshape(keys.shape)] = -np.inf
+        scores[excluded.block(a, b, catalogue)] = -np.inf
         best.push(np.repeat(u, len(catalogue)), np.tile(catalogue, len(u)),
                   scores.ravel().astype(np.float64))  # fmt: skip
     return done, True
