@@ -90,6 +90,7 @@ def small_sample(monkeypatch):  # noqa: ANN201
     """Sample and size limits scaled to a 20,000-track space."""
     monkeypatch.setattr(hybrid_scan, "_SAMPLE", 2048)
     monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0)
+    monkeypatch.setattr(hybrid_scan, "_MIN_RUN", 0)
     yield
 
 
@@ -182,3 +183,15 @@ def test_excluded_artists_exclude_what_their_every_track_would(monkeypatch, smal
     for rows, scores in (by_pairs, by_artists):
         np.testing.assert_array_equal(rows, want[0])
         assert scores.tobytes() == want[1].tobytes()
+
+
+def test_short_artist_runs_are_ranked_over_every_pair(monkeypatch) -> None:
+    """About 13 tracks per artist: below _MIN_RUN, where the pruning does not pay, so every
+    user goes to rank_space; 670 per artist (30 artists): the pruned steps rank them."""
+    monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0)
+    monkeypatch.setattr(hybrid_scan, "_SAMPLE", 2048)
+    for n_artists, everyone in ((N_ARTISTS, True), (30, False)):
+        scorer, inputs = _scorer_and_inputs(6, False, n_artists)
+        handed = _by_every_pair_too(monkeypatch)
+        rank_database(scorer, inputs, 50, inputs.history)
+        assert (sum(handed) == N_USERS) == everyone

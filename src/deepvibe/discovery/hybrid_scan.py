@@ -44,7 +44,7 @@ from deepvibe.discovery.dna import on_grid
 from deepvibe.discovery.hybrid import HybridWeights
 from deepvibe.discovery.scan import TrackChunk, rounded_down, scan
 from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
-from deepvibe.ranking.topk import StreamingTopK
+from deepvibe.ranking.topk import StreamingTopK, top_k
 
 log = logging.getLogger(__name__)
 
@@ -56,46 +56,12 @@ _LIFT_MARGIN = 2  # tau at least the lift of _LIFT_MARGIN * _MARGIN * k tracks (
 _REL_TOL = 1e-5  # float32 rounding of a few parts, relative to their size, with margin
 
 
+# Artists with many tracks each is where the pruning pays (docs/BENCHMARKS.md): 1,250 tracks
+# per artist, the hybrid at 1.1x the DNA scan against 2.4x by rank_space; 10 per artist (a
+# Zipf catalogue of 20,000 artists), 1.8-2.2x slower than rank_space, which is used there.
+_MIN_RUN = 100  # mean single-artist tracks per artist below which rank_space ranks
 _LONG_RUN = 256  # an artist with this many tracks is scored by a product before the scan
 _MAX_RUNS = 32  # runs per tile compared one by one; beyond, covered columns are gathered
-
-
-@dataclass(frozen=True)
-class ArtistIndex:
-    """The space's multi-artist tracks by artist, each artist's by number of artists, most
-    first (single-artist tracks are bounded by the strong-artist table instead)."""
-
-    indptr: np.ndarray  # (A + 1,) int64
-    tracks: np.ndarray  # (nnz,) int64 space rows
-    keys: np.ndarray  # (nnz,) int64 artist * (most + 1) + (most - n_artists): ascending
-    most: int  # the largest number of artists of a track
-
-    @classmethod
-    def of(cls, artists: sp.csr_matrix) -> ArtistIndex:
-        n_artists = np.diff(artists.indptr).astype(np.int64)
-        most = int(n_artists.max(initial=0))
-        coo = sp.coo_matrix(artists)
-        several = n_artists[coo.row] >= 2
-        rows, cols = coo.row[several].astype(np.int64), coo.col[several].astype(np.int64)
-        keys = cols * (most + 1) + (most - n_artists[rows])
-        order = np.lexsort((rows, keys))
-        counts = np.bincount(cols, minlength=artists.shape[1])
-        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(indptr, rows[order], keys[order], most)
-
-    def tracks_of(
-        self, owners: np.ndarray, artists: np.ndarray, min_artists: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(owner, track) for each track of ``artists[i]`` crediting at least
-        ``min_artists[i]`` artists (owner: ``owners[i]``)."""
-        need = np.clip(min_artists, 1, self.most + 1).astype(np.int64)
-        last = artists * (self.most + 1) + (self.most - need)
-        stop = np.searchsorted(self.keys, last, side="right")
-        start = self.indptr[artists]
-        counts = np.maximum(stop - start, 0)
-        total = int(counts.sum())
-        offsets = np.repeat(start - (np.cumsum(counts) - counts), counts)
-        return np.repeat(owners, counts), self.tracks[offsets + np.arange(total)]
 
 
 @dataclass(frozen=True)
@@ -112,6 +78,12 @@ class ArtistOrder:
     first: np.ndarray  # (A,) int64: each artist's first position (outside the catalogue)
     count: np.ndarray  # (A,) int64: its number of positions there
     position: np.ndarray  # (n,) int64: the position of each space row
+
+    @property
+    def mean_run(self) -> float:
+        """Mean number of single-artist tracks (outside the catalogue) per such artist."""
+        runs = self.count[self.count > 0]
+        return float(runs.mean()) if len(runs) else 0.0
 
     @classmethod
     def of(cls, space: TrackSpace) -> ArtistOrder:
@@ -168,7 +140,6 @@ class HybridChunkScorer:
         weights: HybridWeights,
         penalty: np.ndarray | None,
         excluded: Exclusions,
-        seeded: np.ndarray,
         tolerance: np.ndarray,
         tau: np.ndarray,
         strong: StrongArtists,
@@ -180,7 +151,6 @@ class HybridChunkScorer:
         self.penalty = penalty
         self.pairs = PairScorer(scorer, users, weights, penalty)
         self.excluded = excluded
-        self.seeded = seeded  # sorted user * n + row keys of pairs ranked before the scan
         self.tolerance = tolerance  # (U,) float32 rounding
         self.tau = tau  # (U,) the most a lift outside the table and E can add
         self.strong, self.order = strong, order
@@ -201,14 +171,16 @@ class HybridChunkScorer:
 
     def prepare(self, chunk: TrackChunk) -> dict[str, np.ndarray | None]:
         """The chunk's rows, features, penalty, and its runs of columns that share a bar: one
-        strong artist (run key = its table column), no strong artist (-1), the catalogue
-        (-2: a bar per column)."""
+        strong artist (run key = its table column), no strong artist (-1); a bar per column
+        in the catalogue (-2) and for a track of several artists (-3)."""
         size = chunk.features.shape[1]
         at = slice(chunk.start, chunk.start + size)
         rows, artist = self.order.rows[at], self.order.artist[at]
         column = np.where(artist >= 0, self.strong.column[np.maximum(artist, 0)], -1)
         catalogue = self.order.catalogue[at]
-        run_key = np.where(catalogue >= 0, -2, column)
+        credits = self.scorer.space.artists.indptr
+        several = credits[rows + 1] - credits[rows] >= 2
+        run_key = np.where(catalogue >= 0, -2, np.where(several, -3, column))
         starts = np.concatenate([[0], np.flatnonzero(np.diff(run_key)) + 1]).astype(np.int64)
         pen = None if self.penalty is None else self.penalty[rows].astype(np.float32)
         return {
@@ -249,7 +221,9 @@ class HybridChunkScorer:
             room = np.broadcast_to(tau[:, None], (len(tau), len(cols))).copy()
             strong = prepared["column"][c0 + cols]
             has = np.flatnonzero(strong >= 0)
-            room[:, has] = np.maximum(self.strong.lift[users][:, strong[has]], tau[:, None])
+            lift = self.strong.lift[users]
+            room[:, has] = np.maximum(lift[:, strong[has]], tau[:, None])
+            self._credits_room(room, lift, tau, prepared["rows"][c0 + cols])
             if self.done is not None:  # ranked before the scan: no candidate here
                 ranked = self.done[users][:, strong[has]]
                 ranked &= (prepared["catalogue"][c0 + cols[has]] < 0)[None, :]
@@ -287,6 +261,27 @@ class HybridChunkScorer:
         order = np.lexsort((cols, rows))
         return rows[order], cols[order]
 
+    def _credits_room(
+        self, room: np.ndarray, lift: np.ndarray, tau: np.ndarray, rows: np.ndarray
+    ) -> None:
+        """Room of the tracks crediting several artists: the sum over them of the table's lift
+        (a strong artist) or tau (any other: its lift is below the user's tau)."""
+        credits = self.scorer.space.artists
+        start = credits.indptr[rows]
+        n_credits = credits.indptr[rows + 1] - start
+        several = np.flatnonzero(n_credits >= 2)
+        if len(several) == 0:
+            return
+        total = np.zeros((len(tau), len(several)))
+        for j in range(int(n_credits[several].max())):
+            has = np.flatnonzero(n_credits[several] > j)
+            strong = self.strong.column[credits.indices[start[several[has]] + j]]
+            part = np.broadcast_to(tau[:, None], (len(tau), len(has))).copy()
+            known = np.flatnonzero(strong >= 0)
+            part[:, known] = lift[:, strong[known]]
+            total[:, has] += part
+        room[:, several] = total
+
     def row_ids(self, prepared: dict[str, np.ndarray], cols: np.ndarray) -> np.ndarray:
         return prepared["rows"][cols]
 
@@ -296,7 +291,6 @@ class HybridChunkScorer:
         rows = prepared["rows"][cols]
         score = self.pairs(users, rows)
         score[self.excluded.mask(users, rows)] = -np.inf
-        score[_member(self.seeded, users * len(self.scorer.space) + rows)] = -np.inf
         catalogue = prepared["catalogue"][cols] >= 0
         if self.catalogue_done:  # in the seed already
             score[catalogue] = -np.inf
@@ -530,7 +524,7 @@ def rank_database(
     n_users, n_space = users.dna.shape[0], len(scorer.space)
     w = weights or scorer.weights
     out = Exclusions(scorer.space, excluded, excluded_artists)
-    if n_space < _MIN_SPACE or n_users == 0:
+    if n_space < _MIN_SPACE or n_users == 0 or _artist_order(scorer).mean_run < _MIN_RUN:
         return rank_space(scorer, users, k, out.full(), penalty, chunk, w)
     k_eff = max(1, min(int(k), n_space))
     rows = np.full((n_users, k_eff), -1, np.int64)
@@ -559,7 +553,6 @@ def _pruned(
     penalty: np.ndarray | None, chunk: int, w: HybridWeights, floor: np.ndarray, tau: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Steps 2-4 of the module doc for users with a finite F: the best k of E and the scan."""
-    n_space = len(scorer.space)
     strong = _strong_artists(scorer, users, tau, w)
     largest = strong.lift.max(axis=1, initial=0.0)
     if w.decoder > 0:
@@ -580,14 +573,9 @@ def _pruned(
     )
     if banned is not None:
         done[banned] = True  # nor candidates in the scan
-    lifted = _artist_route(scorer, users, tau, w)  # E: sorted keys
-    if catalogue_done:  # scored already: a track twice in one top k would take two places
-        lifted = lifted[scorer.space.catalogue_index[lifted % n_space] < 0]
     hybrid = HybridChunkScorer(
-        scorer, users, w, penalty, out, lifted, tol, tau, strong, order,
-        done, catalogue_done,
-    )  # fmt: skip
-    _push_pairs(best, hybrid.pairs, lifted, out)
+        scorer, users, w, penalty, out, tol, tau, strong, order, done, catalogue_done
+    )
     e_rows, e_scores = best.result()
     start_floor = np.maximum(floor, e_scores[:, -1])  # E's k-th best: a true lower bound
     return scan(
@@ -680,39 +668,6 @@ def _sample_rows(n_space: int, size: int) -> np.ndarray:
     return np.sort(rng.choice(n_space, size=min(size, n_space), replace=False))
 
 
-def _artist_route(
-    scorer: HybridScorer, users: UserInputs, tau: np.ndarray, w: HybridWeights
-) -> np.ndarray:
-    """Keys of the multi-artist tracks with n_artists * (largest per-artist bound) >= tau (so
-    every one whose artist and collab parts can reach tau)."""
-    space = scorer.space
-    n_space, n_artists = len(space), space.artists.shape[1]
-    index = _artist_index(scorer)
-    if index.most < 2 or (w.artist <= 0 and w.collab <= 0):
-        return np.empty(0, np.int64)
-    bound = sp.csr_matrix((users.dna.shape[0], n_artists), dtype=np.float32)
-    if w.artist > 0:
-        bound = bound + sp.csr_matrix(users.shares, dtype=np.float32) * np.float32(w.artist)
-    if w.collab > 0 and users.collab is not None and scorer.artist_cf is not None:
-        columns = _cf_columns(scorer)  # (A,) CF column of each space artist, -1 none
-        known = np.flatnonzero(columns >= 0)
-        collab = np.float32(w.collab) * np.asarray(users.collab, np.float32)[:, columns[known]]
-        # only artists whose bound can reach tau / most need a place in the sparse bound
-        low = (tau / index.most)[:, None]
-        u, c = np.nonzero((collab > 0) & (collab >= low - _max_row(bound)[:, None]))
-        bound = bound + sp.csr_matrix(
-            (collab[u, c], (u, known[c])), shape=bound.shape, dtype=np.float32
-        )
-    bound = sp.coo_matrix(bound)
-    need = tau[bound.row] / np.maximum(bound.data.astype(np.float64), 1e-300)
-    min_artists = np.maximum(np.ceil(need * (1 - 1e-6)), 2)  # n_artists * bound >= tau
-    ok = (bound.data > 0) & (min_artists <= index.most)
-    owners, tracks = index.tracks_of(
-        bound.row[ok].astype(np.int64), bound.col[ok].astype(np.int64), min_artists[ok]
-    )
-    return np.unique(owners * n_space + tracks)  # a track reached by two artists: once
-
-
 def _max_row(matrix: sp.csr_matrix) -> np.ndarray:
     out = np.asarray(matrix.max(axis=1).todense()).ravel() if matrix.nnz else None
     return np.zeros(matrix.shape[0]) if out is None else out.astype(np.float64)
@@ -726,32 +681,12 @@ def _artist_order(scorer: HybridScorer) -> ArtistOrder:
     return order
 
 
-def _artist_index(scorer: HybridScorer) -> ArtistIndex:
-    index = getattr(scorer, "_artist_index", None)
-    if index is None:
-        index = ArtistIndex.of(scorer.space.artists)
-        scorer._artist_index = index  # type: ignore[attr-defined]
-    return index
-
-
 def _cf_columns(scorer: HybridScorer) -> np.ndarray:
     import pandas as pd
 
     assert scorer.artist_cf is not None
     vocabulary = pd.Index(scorer.artist_cf.vocabulary)
     return vocabulary.get_indexer(scorer.space.artist_keys).astype(np.int64)
-
-
-def _push_pairs(
-    best: StreamingTopK, pairs: PairScorer, keys: np.ndarray, excluded: Exclusions
-) -> None:
-    """Score the given (sorted) pairs exactly into ``best``, excluded pairs left out."""
-    user_rows, rows = np.divmod(keys, len(pairs.space))
-    keep = ~excluded.mask(user_rows, rows)
-    user_rows, rows = user_rows[keep], rows[keep]
-    for a in range(0, len(rows), 1 << 20):
-        u, r = user_rows[a : a + (1 << 20)], rows[a : a + (1 << 20)]
-        best.push(u, r, pairs(u, r).astype(np.float64))
 
 
 def _rank_before_scan(
@@ -860,9 +795,15 @@ class _ArtistRuns:
             who = np.searchsorted(u, self.out_user[i0:i1])
             mine = (who < len(u)) & (u[np.minimum(who, len(u) - 1)] == self.out_user[i0:i1])
             total[who[mine], self.out_position[i0:i1][mine] - p0] = -np.inf
+        if len(rows) > best.scores.shape[1] - best.k:  # more than a push can take at once:
+            # each user's best k of the run first (ties: the lower row; rows rise in a run)
+            cols = top_k(total, best.k)
+            total = np.take_along_axis(total, cols, axis=1)
+        else:
+            cols = np.broadcast_to(np.arange(len(rows)), total.shape)
         bar = rounded_down(best.threshold[u])  # (b,) float32: below it, never in the top k
         r, c = np.nonzero(total >= bar[:, None])
-        best.push(u[r], rows[c], total[r, c].astype(np.float64))
+        best.push(u[r], rows[cols[r, c]], total[r, c].astype(np.float64))
 
 
 def _select_users(users: UserInputs, which: np.ndarray) -> UserInputs:
