@@ -14,16 +14,18 @@ tracks and most users) and the gems penalty. :func:`rank_database` ranks a block
    others, then the catalogue, so a strong artist is a run of columns with one bar per user.
 3. Before the scan, by products rather than a gather per pair: each user's highest-lift
    artists with many tracks (until k of them, then every such artist that can still reach
-   that k-th best), the catalogue when the decoder counts (its part varies track by track),
-   and ``E``: the multi-artist tracks whose lift can reach tau (from the users' artists).
-   Their best k is the scan's first floor, a true lower bound.
+   that k-th best) and the catalogue when the decoder counts (its part varies track by
+   track). Their best k seed the scan's top k and floor, a true lower bound.
 4. The scan of :mod:`deepvibe.discovery.scan` (a float32 DNA product per cache-sized tile)
    scores a pair exactly only when its DNA part could lift it to the bar: tau of room outside
-   the table, the table's lift in a strong artist's run, nothing where step 3 ranked it.
+   the table, the table's lift in a strong artist's run, the sum of its artists' lifts (tau
+   for one outside the table) for a track of several artists, nothing where step 3 ranked it.
 
 The best k of steps 3 and 4 are the best k of the whole space whenever the k-th of them is at
 least ``F``; a user for whom it is not (the sample misled) is ranked again by
-:func:`signals.rank_space`, which scores every pair. Scores are those of
+:func:`signals.rank_space`, which scores every pair; so is a whole space under
+``_MIN_SPACE`` tracks, or whose artists have fewer than ``_MIN_RUN`` tracks each, where the
+pruning was measured slower than scoring every pair (docs/BENCHMARKS.md). Scores are those of
 :meth:`HybridScorer.score` bit for bit (the same float32 steps: :class:`PairScorer`,
 :class:`_ArtistRuns`), so the ranking (score descending, then row ascending) is rank_space's,
 and a user's result never depends on the other users of the block.
@@ -50,8 +52,8 @@ log = logging.getLogger(__name__)
 
 _SAMPLE = 8192  # space rows behind each user's F and D
 _MARGIN = 3  # F aims at _MARGIN * k tracks, so falling short of k is rare
-_MIN_SPACE = 4 * _SAMPLE  # smaller spaces: rank_space (every pair) is as fast
-_SAMPLE_USERS = 256  # users per sample tile: (256 x 16,384) float32, 16 MiB
+_MIN_SPACE = 65_536  # smaller spaces: rank_space (every pair) is as fast
+_SAMPLE_USERS = 256  # users per sample tile: (256 x 8,192) float32, 8 MiB
 _LIFT_MARGIN = 2  # tau at least the lift of _LIFT_MARGIN * _MARGIN * k tracks (see there)
 _REL_TOL = 1e-5  # float32 rounding of a few parts, relative to their size, with margin
 
@@ -152,7 +154,7 @@ class HybridChunkScorer:
         self.pairs = PairScorer(scorer, users, weights, penalty)
         self.excluded = excluded
         self.tolerance = tolerance  # (U,) float32 rounding
-        self.tau = tau  # (U,) the most a lift outside the table and E can add
+        self.tau = tau  # (U,) the most a lift outside the table can add
         self.strong, self.order = strong, order
         self.done = done  # (U, S) bool: a strong artist's tracks outside the catalogue ranked
         self.catalogue_done = catalogue_done  # the catalogue's tracks ranked for every user
@@ -552,7 +554,8 @@ def _pruned(
     scorer: HybridScorer, users: UserInputs, k: int, out: Exclusions,
     penalty: np.ndarray | None, chunk: int, w: HybridWeights, floor: np.ndarray, tau: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Steps 2-4 of the module doc for users with a finite F: the best k of E and the scan."""
+    """Steps 2-4 of the module doc for users with a finite F: what step 3 ranks, seeding the
+    scan."""
     strong = _strong_artists(scorer, users, tau, w)
     largest = strong.lift.max(axis=1, initial=0.0)
     if w.decoder > 0:
