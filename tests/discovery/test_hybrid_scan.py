@@ -195,3 +195,37 @@ def test_short_artist_runs_are_ranked_over_every_pair(monkeypatch) -> None:
         handed = _by_every_pair_too(monkeypatch)
         rank_database(scorer, inputs, 50, inputs.history)
         assert (sum(handed) == N_USERS) == everyone
+
+
+def test_a_selected_chunk_scorer_scores_its_users_as_the_whole_block(
+    monkeypatch, small_sample
+) -> None:
+    """HybridChunkScorer.select (what scan() calls to scan some users again): the same
+    candidates and exact scores for the selected users as the scorer of the whole block."""
+    scorer, inputs = _scorer_and_inputs(7, True, 30)
+    seen = []
+    scan = hybrid_scan.scan
+
+    def keep(db, chunk_scorer, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append((db, chunk_scorer))
+        return scan(db, chunk_scorer, *args, **kwargs)
+
+    monkeypatch.setattr(hybrid_scan, "scan", keep)
+    rank_database(scorer, inputs, 100, inputs.history)
+    db, whole = seen[0]
+    which = np.array([2, 9, 11, 40])
+    part = whole.select(which)
+    chunk = next(iter(db.chunks(4096)))
+    prepared = whole.prepare(hybrid_scan.TrackChunk(chunk[0], chunk[1].T, chunk[2]))
+    bound = np.full(len(which), 0.5)
+    out = np.empty((whole.n_users, 4096), np.float32)
+    approx_whole = whole.approximate(prepared, slice(0, whole.n_users), 0, 4096, out)[which]
+    approx_part = part.approximate(prepared, slice(0, 4), 0, 4096, np.empty((4, 4096), np.float32))
+    # a float32 product: within its tolerance, not bit for bit (BLAS rounds by tile place)
+    assert np.abs(approx_part - approx_whole).max() <= part.tolerance.max()
+    np.testing.assert_array_equal(part.tolerance, whole.tolerance[which])
+    rows, cols = part.candidates(prepared, slice(0, 4), 0, 4096, approx_part, bound)
+    assert len(rows) > 0
+    got = part.exact(prepared, rows, cols)["score"]
+    want = whole.exact(prepared, which[rows], cols)["score"]
+    assert got.tobytes() == want.tobytes()

@@ -44,7 +44,7 @@ import torch
 
 from deepvibe.discovery.dna import on_grid
 from deepvibe.discovery.hybrid import HybridWeights
-from deepvibe.discovery.scan import TrackChunk, rounded_down, scan
+from deepvibe.discovery.scan import TrackChunk, penalised_product, rounded_down, scan
 from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
 from deepvibe.ranking.topk import StreamingTopK, top_k
 
@@ -142,6 +142,7 @@ class HybridChunkScorer:
         weights: HybridWeights,
         penalty: np.ndarray | None,
         excluded: Exclusions,
+        pairs: PairScorer,
         tolerance: np.ndarray,
         tau: np.ndarray,
         strong: StrongArtists,
@@ -151,7 +152,7 @@ class HybridChunkScorer:
     ) -> None:
         self.scorer, self.users, self.weights = scorer, users, weights
         self.penalty = penalty
-        self.pairs = PairScorer(scorer, users, weights, penalty)
+        self.pairs = pairs  # the same users' exact pair scores
         self.excluded = excluded
         self.tolerance = tolerance  # (U,) float32 rounding
         self.tau = tau  # (U,) the most a lift outside the table can add
@@ -169,7 +170,13 @@ class HybridChunkScorer:
         self.dna32 = np.where(finite[:, None], dna * w, 0.0).astype(np.float32)  # (U, f)
 
     def select(self, users: np.ndarray) -> HybridChunkScorer:
-        raise NotImplementedError("rank_database ranks its misled users by rank_space")
+        strong = StrongArtists(self.strong.lift[users], self.strong.column)
+        return HybridChunkScorer(
+            self.scorer, self.users.select(users), self.weights, self.penalty,
+            self.excluded.select(users), self.pairs.select(users), self.tolerance[users],
+            self.tau[users], strong, self.order,
+            None if self.done is None else self.done[users], self.catalogue_done,
+        )  # fmt: skip
 
     def prepare(self, chunk: TrackChunk) -> dict[str, np.ndarray | None]:
         """The chunk's rows, features, penalty, and its runs of columns that share a bar: one
@@ -195,13 +202,7 @@ class HybridChunkScorer:
         self, prepared: dict[str, np.ndarray | None], users: slice, c0: int, c1: int,
         out: np.ndarray,
     ) -> np.ndarray:  # fmt: skip
-        units32 = prepared["units32"]
-        assert units32 is not None
-        np.matmul(self.dna32[users], units32[:, c0:c1], out=out)
-        pen = prepared["penalty32"]
-        if pen is not None:
-            out -= pen[c0:c1]
-        return out
+        return penalised_product(self.dna32[users], prepared, c0, c1, out)
 
     def candidates(
         self, prepared: dict[str, np.ndarray], users: slice, c0: int, c1: int,
@@ -326,6 +327,7 @@ class PairScorer:
         penalty: np.ndarray | None,
     ) -> None:  # fmt: skip
         w = self.weights = weights
+        self.scorer, self.users, self.penalty_in = scorer, users, penalty
         self.space = scorer.space
         self.share_keys = self.share_values = None
         if w.artist > 0:
@@ -346,7 +348,7 @@ class PairScorer:
             dna = np.asarray(users.dna, np.float32)
             finite = np.isfinite(dna).all(axis=1)
             self.grid = on_grid(np.where(finite[:, None], dna, 0.0))  # (U, f) float64
-            self.track_grid = _grid_units(scorer)
+            self.order = _artist_order(scorer)  # its grid features, by position
         self.collab = self.cf_artists = None
         if w.collab > 0 and users.collab is not None and scorer.cf_artists is not None:
             self.collab = np.float32(w.collab) * np.asarray(users.collab, np.float32)
@@ -365,8 +367,9 @@ class PairScorer:
             inside = np.flatnonzero(cat >= 0)
             total[inside] += self.decoder[user_rows[inside], cat[inside]]
         if self.grid is not None:
+            track_grid = self.order.grid[:, self.order.position[rows]].T  # (P, f)
             exact = np.einsum(
-                "ij,ij->i", self.grid[user_rows], self.track_grid[rows].astype(np.float64)
+                "ij,ij->i", self.grid[user_rows], track_grid.astype(np.float64)
             )  # exact: grid values, float64 sums without rounding
             cos = exact.astype(np.float32)
             cos *= np.float32(w.dna)
@@ -377,6 +380,10 @@ class PairScorer:
         if self.penalty is not None:
             total -= self.penalty[rows]
         return total
+
+    def select(self, which: np.ndarray) -> PairScorer:
+        """The same for the users ``which``."""
+        return PairScorer(self.scorer, self.users.select(which), self.weights, self.penalty_in)
 
     def parts(self, user_rows: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
         """(P,) float32 artist, decoder and collab parts of each pair, each times its weight
@@ -423,15 +430,6 @@ class PairScorer:
             values = collab[user_rows[has], cf.indices[start[has] + j]]
             out[has] = np.maximum(out[has], values)
         return out
-
-
-def _grid_units(scorer: HybridScorer) -> np.ndarray:
-    """(n, f) float32 unit features on the grid of dna.on_grid, kept with the scorer."""
-    grid = getattr(scorer, "_grid_units32", None)
-    if grid is None:
-        grid = on_grid(scorer.space.units).astype(np.float32)
-        scorer._grid_units32 = grid  # type: ignore[attr-defined]
-    return grid
 
 
 def _member(sorted_keys: np.ndarray, probe: np.ndarray) -> np.ndarray:
@@ -534,7 +532,7 @@ def rank_database(
     floor, tau = _floor_and_tau(scorer, users, k_eff, out, penalty, w)
     guessed = np.flatnonzero(np.isfinite(floor))
     if len(guessed):
-        sub = _select_users(users, guessed)
+        sub = users.select(guessed)
         r, s = _pruned(scorer, sub, k_eff, out.select(guessed), penalty, chunk, w,
                        floor[guessed], tau[guessed])  # fmt: skip
         rows[guessed], scores[guessed] = r, s
@@ -543,7 +541,7 @@ def rank_database(
     if len(again):
         log.debug("hybrid scan: %d of %d users ranked over every pair", len(again), n_users)
         r, s = rank_space(
-            scorer, _select_users(users, again), k_eff, out.select(again).full(), penalty,
+            scorer, users.select(again), k_eff, out.select(again).full(), penalty,
             chunk, w,
         )  # fmt: skip
         rows[again], scores[again] = r, s
@@ -571,16 +569,15 @@ def _pruned(
         column = strong.column[coo.col]
         banned = coo.row[column >= 0], column[column >= 0]
         strong.lift[banned] = 0.0  # never ranked before the scan
-    done, catalogue_done = _rank_before_scan(
-        best, scorer, users, strong, order, k, out, w, penalty, tol
-    )
+    pairs = PairScorer(scorer, users, w, penalty)
+    done, catalogue_done = _rank_before_scan(best, scorer, users, strong, order, k, out, pairs, tol)
     if banned is not None:
         done[banned] = True  # nor candidates in the scan
     hybrid = HybridChunkScorer(
-        scorer, users, w, penalty, out, tol, tau, strong, order, done, catalogue_done
+        scorer, users, w, penalty, out, pairs, tol, tau, strong, order, done, catalogue_done
     )
     e_rows, e_scores = best.result()
-    start_floor = np.maximum(floor, e_scores[:, -1])  # E's k-th best: a true lower bound
+    start_floor = np.maximum(floor, e_scores[:, -1])  # their k-th best: a true lower bound
     return scan(
         SpaceChunks(hybrid.order), hybrid, k, chunk, progress=False, floor=start_floor,  # type: ignore[arg-type]
         seed=(e_rows, e_scores),
@@ -596,7 +593,8 @@ def _strong_artists(
     picked = [np.unique(shares.indices)] if w.artist > 0 else []
     collab = columns = None
     if w.collab > 0 and users.collab is not None and scorer.artist_cf is not None:
-        columns = _cf_columns(scorer)  # (A,) CF column of each space artist, -1 none
+        columns = scorer.cf_columns  # (A,) CF column of each space artist, -1 none
+        assert columns is not None
         collab = np.float32(w.collab) * np.asarray(users.collab, np.float32)  # (U, A_cf)
         top_share = _max_row(shares) if w.artist > 0 else np.zeros(n_users)
         reach = (collab > 0) & (collab >= (tau - top_share)[:, None])
@@ -684,18 +682,9 @@ def _artist_order(scorer: HybridScorer) -> ArtistOrder:
     return order
 
 
-def _cf_columns(scorer: HybridScorer) -> np.ndarray:
-    import pandas as pd
-
-    assert scorer.artist_cf is not None
-    vocabulary = pd.Index(scorer.artist_cf.vocabulary)
-    return vocabulary.get_indexer(scorer.space.artist_keys).astype(np.int64)
-
-
 def _rank_before_scan(
     best: StreamingTopK, scorer: HybridScorer, users: UserInputs, strong: StrongArtists,
-    order: ArtistOrder, k: int, excluded: Exclusions, w: HybridWeights,
-    penalty: np.ndarray | None, tol: np.ndarray,
+    order: ArtistOrder, k: int, excluded: Exclusions, pairs: PairScorer, tol: np.ndarray,
 ) -> tuple[np.ndarray, bool]:  # fmt: skip
     """Score exactly, by products instead of a gather per pair, what the scan would find
     costly: per user, every track (single-artist, outside the catalogue) of the highest-lift
@@ -707,7 +696,8 @@ def _rank_before_scan(
     artists = artists[order.count[artists] >= _LONG_RUN]
     # a run is one artist's single-artist tracks and no excluded artist is chosen (lift 0),
     # so only excluded pairs can be in it
-    runs = _ArtistRuns(scorer, users, order, excluded.pairs, w, penalty)
+    w, penalty = pairs.weights, pairs.penalty_in
+    runs = _ArtistRuns(pairs, order, excluded.pairs)
     if len(artists):
         lift = strong.lift[:, strong.column[artists]]  # (U, L)
         ranked = np.argsort(-lift, axis=1, kind="stable")  # each user's artists, best first
@@ -747,20 +737,13 @@ class _ArtistRuns:
     DNA, collab, penalty) on a (users x run) block."""
 
     def __init__(
-        self, scorer: HybridScorer, users: UserInputs, order: ArtistOrder,
-        excluded: sp.csr_matrix | None, w: HybridWeights, penalty: np.ndarray | None,
-    ) -> None:  # fmt: skip
-        self.scorer, self.order, self.w = scorer, order, w
-        self.penalty = None if penalty is None else penalty.astype(np.float32)
+        self, pairs: PairScorer, order: ArtistOrder, excluded: sp.csr_matrix | None
+    ) -> None:
+        """``pairs``: the block's user side (weighted collab, DNA on the grid, penalty)."""
+        self.pairs, self.order = pairs, order
         self.shares = sp.csc_matrix(
-            sp.csr_matrix(users.shares, dtype=np.float32) * np.float32(w.artist)
+            sp.csr_matrix(pairs.users.shares, dtype=np.float32) * np.float32(pairs.weights.artist)
         )
-        dna = np.asarray(users.dna, np.float32)
-        self.grid = on_grid(np.where(np.isfinite(dna).all(axis=1)[:, None], dna, 0.0))
-        self.collab = self.columns = None
-        if w.collab > 0 and users.collab is not None and scorer.artist_cf is not None:
-            self.collab = np.asarray(users.collab, np.float32)
-            self.columns = _cf_columns(scorer)
         # excluded pairs by position in the order: a run finds its own by two searches
         self.out_user = self.out_position = np.empty(0, np.int64)
         if excluded is not None and excluded.nnz:
@@ -776,23 +759,26 @@ class _ArtistRuns:
             self._push_run(best, int(artists[j]), np.flatnonzero(chosen[:, j]))
 
     def _push_run(self, best: StreamingTopK, a: int, u: np.ndarray) -> None:
-        w, order, space = self.w, self.order, self.scorer.space
+        pairs, order, space = self.pairs, self.order, self.pairs.space
+        w = pairs.weights
         p0, p1 = int(order.first[a]), int(order.first[a] + order.count[a])
         rows = order.rows[p0:p1]
         total = np.zeros((len(u), len(rows)), np.float32)
         if w.artist > 0:
             total += self.shares[:, a].toarray()[u]
         if w.dna > 0:
-            cos = (self.grid[u] @ order.grid[:, p0:p1].astype(np.float64)).astype(np.float32)
+            assert pairs.grid is not None
+            cos = (pairs.grid[u] @ order.grid[:, p0:p1].astype(np.float64)).astype(np.float32)
             cos *= np.float32(w.dna)
             without = ~space.has_features[rows]
             if without.any():
                 cos[:, without] = 0.0
             total += cos
-        if self.collab is not None and self.columns is not None and self.columns[a] >= 0:
-            total += (np.float32(w.collab) * self.collab[u, self.columns[a]])[:, None]
-        if self.penalty is not None:
-            total -= self.penalty[rows]
+        columns = pairs.scorer.cf_columns
+        if pairs.collab is not None and columns is not None and columns[a] >= 0:
+            total += pairs.collab[u, columns[a]][:, None]  # weighted already
+        if pairs.penalty is not None:
+            total -= pairs.penalty[rows]
         i0, i1 = np.searchsorted(self.out_position, (p0, p1))
         if i1 > i0:  # this run's excluded pairs, for the users scored here
             who = np.searchsorted(u, self.out_user[i0:i1])
@@ -807,14 +793,6 @@ class _ArtistRuns:
         bar = rounded_down(best.threshold[u])  # (b,) float32: below it, never in the top k
         r, c = np.nonzero(total >= bar[:, None])
         best.push(u[r], rows[cols[r, c]], total[r, c].astype(np.float64))
-
-
-def _select_users(users: UserInputs, which: np.ndarray) -> UserInputs:
-    return UserInputs(
-        users.dna[which], users.dna_raw[which], users.shares[which],
-        None if users.collab is None else users.collab[which], users.decoder_z[which],
-        users.history[which], users.usable[which],
-    )  # fmt: skip
 
 
 def _widen(

@@ -162,13 +162,7 @@ class DnaScorer:
         self, prepared: dict[str, np.ndarray | None], users: slice, c0: int, c1: int,
         out: np.ndarray,
     ) -> np.ndarray:  # fmt: skip
-        units32 = prepared["units32"]
-        assert units32 is not None
-        np.matmul(self.units32[users], units32[:, c0:c1], out=out)
-        pen32 = prepared["penalty32"]
-        if pen32 is not None:
-            out -= pen32[c0:c1]
-        return out
+        return penalised_product(self.units32[users], prepared, c0, c1, out)
 
     def exact(
         self, prepared: dict[str, np.ndarray | None], users: np.ndarray, cols: np.ndarray
@@ -183,6 +177,20 @@ class DnaScorer:
         penalty = prepared["penalty"]
         score = sims if penalty is None else sims - penalty[cols]
         return {"similarity": sims, "score": score}
+
+
+def penalised_product(
+    users32: np.ndarray, prepared: dict[str, Any], c0: int, c1: int, out: np.ndarray
+) -> np.ndarray:
+    """(b, f) float32 user vectors @ the chunk's ``units32`` (f, c) columns c0:c1, minus its
+    ``penalty32`` there when it has one, written into ``out`` (b, c1 - c0)."""
+    units32 = prepared["units32"]
+    assert units32 is not None
+    np.matmul(users32, units32[:, c0:c1], out=out)
+    pen32 = prepared["penalty32"]
+    if pen32 is not None:
+        out -= pen32[c0:c1]
+    return out
 
 
 def rounded_down(x: np.ndarray) -> np.ndarray:

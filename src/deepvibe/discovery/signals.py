@@ -136,6 +136,14 @@ class UserInputs:
     history: sp.csr_matrix  # (U, n) binary: the users' history over the space
     usable: np.ndarray  # (U,) bool: something to score by (features, artists or catalogue)
 
+    def select(self, which: np.ndarray) -> UserInputs:
+        """The users ``which`` (an index array), in that order."""
+        return UserInputs(
+            self.dna[which], self.dna_raw[which], self.shares[which],
+            None if self.collab is None else self.collab[which], self.decoder_z[which],
+            self.history[which], self.usable[which],
+        )  # fmt: skip
+
     def padded(self, a: int, b: int, size: int) -> UserInputs:
         """Users a:b padded with empty users to ``size`` rows."""
 
@@ -174,8 +182,10 @@ class HybridScorer:
         self.top_k = top_k
         self.artist_cf = artist_cf
         self.cf_artists: sp.csr_matrix | None = None  # (n, A_cf) the space in CF columns
+        self.cf_columns: np.ndarray | None = None  # (A,) CF column of each space artist, -1
         if artist_cf is not None:
             cols = pd.Index(artist_cf.vocabulary).get_indexer(space.artist_keys)
+            self.cf_columns = cols.astype(np.int64)
             known = np.flatnonzero(cols >= 0)
             remap = sp.csr_matrix(
                 (np.ones(len(known), np.float32), (known, cols[known])),
