@@ -11,6 +11,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -77,7 +78,7 @@ class AtomicBatch:
     def __init__(self) -> None:
         self._pending: list[tuple[str, str]] = []  # (temporary, target)
         self._folders: set[str] = set()  # made already: one mkdir per folder
-        self._count = 0
+        self._count = itertools.count(1)  # next() is atomic: threads may write files at once
         self._tag = f"{os.getpid()}.{id(self):x}"
 
     def _temporary(self, target: str | os.PathLike[str]) -> tuple[int, str]:
@@ -88,8 +89,7 @@ class AtomicBatch:
                 raise DeepVibeError(f"{final}: is a folder; give a file name to write to")
             _make_folder(Path(folder or "."), "output folder")
             self._folders.add(folder)
-        self._count += 1
-        tmp = os.path.join(folder, f".{name}.{self._tag}.{self._count}.tmp")
+        tmp = os.path.join(folder, f".{name}.{self._tag}.{next(self._count)}.tmp")
         try:  # a name no other writer uses; O_EXCL refuses to follow or reuse anything there
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
         except FileExistsError:  # left by a crashed run with the same process id: a new name

@@ -118,3 +118,36 @@ def test_batch_write_finishes_a_short_write(
     with atomic_batch() as batch:
         batch.write(tmp_path / "f.csv", b"head\n", b"body\n")
     assert (tmp_path / "f.csv").read_bytes() == b"head\nbody\n"
+
+
+def test_a_block_whose_piece_fails_in_another_thread_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rep, "_WRITE_USERS", 2)  # 4 pieces of the 7 users, written by threads
+    block = _tricky_block(False, "similarity")
+    csv_rows = rep.DiscoveryBlock.csv_rows
+
+    def fails_on_the_third_piece(self: rep.DiscoveryBlock, users: slice):  # noqa: ANN202
+        if users.start == 4:
+            raise OSError("disk full")
+        return csv_rows(self, users)
+
+    monkeypatch.setattr(rep.DiscoveryBlock, "csv_rows", fails_on_the_third_piece)
+    with pytest.raises(OSError, match="disk full"):
+        rep.ReportWriter(tmp_path, "best", FEATURES).write_block(block)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nor a temporary file
+
+
+def test_batch_writes_from_many_threads_keep_apart(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def write(batch, t: int) -> None:  # noqa: ANN001
+        for i in range(50):
+            batch.write(tmp_path / f"d{i % 5}" / f"{t}_{i}.csv", f"{t},{i}\n".encode())
+
+    with atomic_batch() as batch, ThreadPoolExecutor(8) as pool:
+        for done in [pool.submit(write, batch, t) for t in range(8)]:
+            done.result()
+    files = sorted(tmp_path.rglob("*.*"))
+    assert len(files) == 400 and not [f for f in files if f.name.startswith(".")]
+    assert all(f.read_text() == f"{f.stem.replace('_', ',')}\n" for f in files)

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from deepvibe.data.ids import is_spotify_id
+from deepvibe.discovery.scan import workers
 from deepvibe.fileio import (
     FORMULA_PREFIXES,
     atomic_batch,
@@ -400,16 +402,23 @@ class ReportWriter:
 
     def write_block(self, block: DiscoveryBlock) -> list[tuple[Path, Path]]:
         """Write every user's two files; they appear together when the block is done. The
-        rows of ``_WRITE_USERS`` users are formatted at a time and cut into their files."""
+        rows of ``_WRITE_USERS`` users are formatted at a time and cut into their files, a
+        piece per thread: creating a file is kernel time that threads share out (about
+        0.1-0.8 ms a file on the benchmark machine, docs/BENCHMARKS.md)."""
         paths = [self.paths(str(user), block.mode) for user in block.users]
         header = (",".join(block.columns) + "\n").encode("utf-8")
         dna = self._dna_files(block)
-        with atomic_batch() as batch:
-            for first in range(0, len(block), _WRITE_USERS):
-                text, starts = block.csv_rows(slice(first, first + _WRITE_USERS))
-                for i, (report, dna_path) in enumerate(paths[first : first + _WRITE_USERS]):
-                    batch.write(report, header, text[starts[i] : starts[i + 1]])
-                    batch.write(dna_path, dna[first + i])
+
+        def write_piece(first: int) -> None:
+            text, starts = block.csv_rows(slice(first, first + _WRITE_USERS))
+            for i, (report, dna_path) in enumerate(paths[first : first + _WRITE_USERS]):
+                batch.write(report, header, text[starts[i] : starts[i + 1]])
+                batch.write(dna_path, dna[first + i])
+
+        firsts = range(0, len(block), _WRITE_USERS)
+        with atomic_batch() as batch, ThreadPoolExecutor(min(workers(), len(firsts))) as pool:
+            for done in [pool.submit(write_piece, first) for first in firsts]:
+                done.result()  # the first failure discards the whole block
         return paths
 
 

@@ -143,8 +143,12 @@ class StreamingTopK:
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores), each (n_rows, k), best first; a row with fewer than k candidates is
         padded with id -1 and score -inf."""
-        self._compact(np.arange(len(self.fill)))
-        ids = self.ids[:, : self.k].copy()
-        scores = self.scores[:, : self.k].copy()
-        ids[~np.isfinite(scores)] = -1
-        return ids, scores
+        width = max(int(self.fill.max(initial=0)), 1)
+        scores, ids = self.scores[:, :width], self.ids[:, :width]  # views: buffers left as is
+        cols = top_k(scores, self.k, ids)  # empty slots are -inf: they come last
+        out_scores = np.full((len(self.fill), self.k), -np.inf)
+        out_ids = np.full((len(self.fill), self.k), -1, dtype=np.int64)
+        out_scores[:, : cols.shape[1]] = np.take_along_axis(scores, cols, axis=1)
+        out_ids[:, : cols.shape[1]] = np.take_along_axis(ids, cols, axis=1)
+        out_ids[~np.isfinite(out_scores)] = -1
+        return out_ids, out_scores
