@@ -3,6 +3,7 @@ reports identical to discovering each user alone."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -229,3 +230,26 @@ def test_the_printed_top_never_claims_more_rows_than_the_report_has(model, tmp_p
                     f"paths.recommendations_dir={tmp_path}")  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "Top 5 of 5 for user_1:" in res.output and "Top 10" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("n_users", "size", "granule"),
+    [
+        (2000, 1024, 1),
+        (2048, 1024, 256),
+        (300, 1024, 256),
+        (400, 64, 1),
+        (1, 1024, 1),
+        (1030, 512, 1),
+    ],  # fmt: skip
+)
+def test_block_bounds_cover_every_user_once_with_a_short_last_block(
+    n_users: int, size: int, granule: int
+) -> None:
+    bounds = dmod.block_bounds(n_users, size, granule)
+    assert bounds[0][0] == 0 and bounds[-1][1] == n_users
+    assert all(b0 == a1 for (_, b0), (a1, _) in itertools.pairwise(bounds))  # no gap, no overlap
+    assert all(0 < b - a <= size and a % granule == 0 for a, b in bounds)
+    regular = -(-n_users // size)  # blocks of `size` users
+    last = n_users - (regular - 1) * size
+    assert len(bounds) == regular + (last >= 2 * dmod._MIN_TAIL)  # a long last block: halved

@@ -86,6 +86,7 @@ log = logging.getLogger(__name__)
 
 MODEL_ROWS = 64  # users per model call, padded: one fixed shape, so one user's scores never
 # depend on who else is in the batch (BLAS kernels sum differently for other shapes)
+_MIN_TAIL = 128  # users: a last block of at least twice this many is split (block_bounds)
 _BUFFER_CELLS = 1 << 23  # (users x candidates) cells of a scan's top-k buffers per block
 _QUANTILES = np.linspace(0.0, 1.0, 1001)
 MODES: tuple[Mode, ...] = ("standard", "gems", "new-artists", "gems-new-artists")
@@ -310,8 +311,9 @@ class Discoverer:
                 "(data.popularity_column); run without --gems"
             )
         size = self._block_size(n, batch)
-        for a in range(0, len(batch.users), size):
-            yield self._block(batch.select(slice(a, a + size)), n, mode)
+        granule = TILE if self.hybrid is not None else 1
+        for a, b in block_bounds(len(batch.users), size, granule):
+            yield self._block(batch.select(slice(a, b)), n, mode)
 
     def _block_size(self, n: int, batch: UserBatch) -> int:
         """Users per block: the configured size, fewer when the top-k buffers would be big."""
@@ -463,6 +465,19 @@ class Discoverer:
             raw = self.scaler.inverse(self.track_features.astype(np.float64))
             self._catalogue_quantiles = np.quantile(raw, _QUANTILES, axis=0).T
         return percentiles_from_quantiles(self._catalogue_quantiles, raw_values)
+
+
+def block_bounds(n_users: int, size: int, granule: int = 1) -> list[tuple[int, int]]:
+    """(first, stop) user of each block: ``size`` users each, the last block split in two
+    (whole ``granule``s: the hybrid's tiles) when it has at least ``2 * _MIN_TAIL`` users. The
+    last block's write overlaps no computation (see :func:`write_discoveries`), so a short
+    last block shortens the run."""
+    bounds = [(a, min(a + size, n_users)) for a in range(0, n_users, size)]
+    if bounds and bounds[-1][1] - bounds[-1][0] >= 2 * _MIN_TAIL:
+        a, b = bounds.pop()
+        half = a + ((b - a) // 2 + granule - 1) // granule * granule
+        bounds += [(a, half), (half, b)] if half < b else [(a, b)]
+    return bounds
 
 
 def _in_history(batch: UserBatch, users: np.ndarray, code: np.ndarray) -> np.ndarray:
