@@ -266,6 +266,19 @@ def same_reports(batch_dir: Path, alone_dir: Path) -> tuple[int, int]:
     return same, len(files)
 
 
+def same_long_table(table: Path, alone_dir: Path) -> tuple[int, int]:
+    """(identical, compared) users of ``alone_dir`` whose rows in the ``--out`` table have the
+    track ids, in rank order, of the report they got alone."""
+    rows = pd.read_parquet(table, columns=["user", "rank", "track_id"])
+    by_user = {u: g.sort_values("rank")["track_id"].tolist() for u, g in rows.groupby("user")}
+    reports = [p for p in sorted(alone_dir.rglob("*.csv")) if not p.stem.endswith("_dna")]
+    same = sum(
+        by_user.get(p.parent.name) == pd.read_csv(p, dtype={"track_id": str})["track_id"].tolist()
+        for p in reports
+    )
+    return same, len(reports)
+
+
 def bench_batch(
     root: Path,
     n_users: int,
@@ -291,6 +304,8 @@ def bench_batch(
                        "--set", f"paths.recommendations_dir={alone}"])  # fmt: skip
     same, compared = same_reports(root / "recommendations", alone)
     out["reports_identical_to_alone"] = f"{same} of {compared} files"
+    same, compared = same_long_table(root / "recs.parquet", alone)
+    out["long_table_identical_to_alone"] = f"{same} of {compared} users (track ids and ranks)"
     if compare_hybrid:
         out["hybrid_vs_dna"] = hybrid_vs_dna(root, n_users, repeat)
         print("batch, hybrid vs DNA-only:", out["hybrid_vs_dna"], flush=True)

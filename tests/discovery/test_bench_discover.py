@@ -27,3 +27,16 @@ def test_bench_discover_compares_the_hybrid_only_when_asked() -> None:
     bench = _bench()
     assert not bench.parse_args(["--batch", "2000"]).hybrid
     assert bench.parse_args(["--batch", "2000", "--hybrid", "--baseline-rev", "none"]).hybrid
+
+
+def test_bench_discover_finds_a_long_table_user_whose_order_differs(tmp_path: Path) -> None:
+    import pandas as pd
+
+    bench = _bench()
+    pd.DataFrame({"user": ["a", "a", "b", "b"], "rank": [2, 1, 1, 2],
+                  "track_id": ["t2", "t1", "t1", "t2"]}).to_parquet(tmp_path / "recs.parquet")  # fmt: skip
+    for user, ids in (("a", ["t1", "t2"]), ("b", ["t2", "t1"])):  # b's order differs
+        (tmp_path / "alone" / user).mkdir(parents=True)
+        pd.DataFrame({"track_id": ids}).to_csv(tmp_path / "alone" / user / f"{user}_1.csv")
+        pd.DataFrame({"x": [1]}).to_csv(tmp_path / "alone" / user / f"{user}_1_dna.csv")
+    assert bench.same_long_table(tmp_path / "recs.parquet", tmp_path / "alone") == (1, 2)
