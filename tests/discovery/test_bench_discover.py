@@ -33,7 +33,7 @@ def test_bench_discover_finds_a_long_table_user_whose_order_differs(tmp_path: Pa
     import pandas as pd
 
     bench = _bench()
-    table = {"user": ["a", "a", "b", "b"], "rank": [2, 1, 1, 2], "track_id": ["t2", "t1", "t1", "t2"]}
+    table = {"user": list("aabb"), "rank": [2, 1, 1, 2], "track_id": ["t2", "t1", "t1", "t2"]}
     pd.DataFrame(table).to_parquet(tmp_path / "recs.parquet")
     for user, ids in (("a", ["t1", "t2"]), ("b", ["t2", "t1"])):  # b's order differs
         (tmp_path / "alone" / user).mkdir(parents=True)
