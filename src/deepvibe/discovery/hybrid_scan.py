@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -675,11 +676,15 @@ def _max_row(matrix: sp.csr_matrix) -> np.ndarray:
 
 
 def _artist_order(scorer: HybridScorer) -> ArtistOrder:
-    order = getattr(scorer, "_artist_order", None)
-    if order is None:
-        order = ArtistOrder.of(scorer.space)
-        scorer._artist_order = order  # type: ignore[attr-defined]
+    with _ORDER_LOCK:  # blocks ranked in several threads build it once
+        order = getattr(scorer, "_artist_order", None)
+        if order is None:
+            order = ArtistOrder.of(scorer.space)
+            scorer._artist_order = order  # type: ignore[attr-defined]
     return order
+
+
+_ORDER_LOCK = threading.Lock()
 
 
 def _rank_before_scan(

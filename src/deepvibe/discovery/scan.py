@@ -27,6 +27,7 @@ import functools
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -352,12 +353,29 @@ class _UserGroup:
                     self.best.push(rows + local.start, ids, exact)
 
 
+_LIMIT = threading.local()  # a thread's own cap on the threads its scans start
+
+
 def workers() -> int:
+    """Threads a scan starts: the usable cores (at most ``_MAX_WORKERS``), or the cap that
+    :func:`worker_limit` set in this thread."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, _MAX_WORKERS))
+    return max(1, min(cores, _MAX_WORKERS, getattr(_LIMIT, "n", _MAX_WORKERS)))
+
+
+@contextlib.contextmanager
+def worker_limit(n: int) -> Iterator[None]:
+    """Scans started in this thread use at most ``n`` threads (callers that already run
+    several scans side by side)."""
+    before = getattr(_LIMIT, "n", _MAX_WORKERS)
+    _LIMIT.n = max(1, int(n))
+    try:
+        yield
+    finally:
+        _LIMIT.n = before
 
 
 @contextlib.contextmanager
