@@ -289,15 +289,44 @@ def bench_batch(
     baseline_sources: tuple[str, ...] = (),
 ) -> dict[str, object]:
     """``discover --all`` for ``n_users`` over the database in ``root/data``: this package
-    against ``rev``'s, each in its own folder (own cache, own reports); with
-    ``compare_hybrid``, also the hybrid against the DNA-only scan (:func:`hybrid_vs_dna`)."""
+    against ``rev``'s, each in its own folder (own cache, own reports), their runs interleaved
+    round by round so that a change of the machine's load hits both (medians over ``repeat``
+    rounds); with ``compare_hybrid``, also the hybrid against the DNA-only scan
+    (:func:`hybrid_vs_dna`)."""
     out: dict[str, object] = {"users": n_users}
     run_cli(root, ["discover", "user_1", "--no-progress"])  # build the cache
-    out["new"] = users_per_second(root, n_users, None, repeat)
-    print("batch, this package:", out["new"], flush=True)
-    long_table = ("--out", "recs.parquet")
-    out["new_long_table"] = users_per_second(root, n_users, None, repeat, long_table)
-    print("batch, this package, --out parquet:", out["new_long_table"], flush=True)
+    src = None if rev == "none" else old_package(root.parent, rev)
+    old = root.parent / "old_run"
+    if src is not None:
+        old.mkdir()
+        (old / "data").mkdir()
+        for p in (root / "data").iterdir():  # another name: the old code keeps its own cache
+            (old / "data" / p.name).symlink_to(p)
+        run_cli(old, ["train", *TINY_MODEL], src)  # its own model: configs differ by a key
+        run_cli(old, ["discover", "user_1", "--no-progress"], src)  # build its cache
+    measures: dict[str, tuple[Path, Path | None, tuple[str, ...]]] = {
+        "new": (root, None, ()),
+        "new_long_table": (root, None, ("--out", "recs.parquet")),
+    }
+    if src is not None:
+        measures["baseline"] = (old, src, ())
+        for source in baseline_sources:  # the old code's other paths, where it has --source
+            measures[f"baseline_{source}"] = (old, src, ("--source", source))
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in measures}
+    for _ in range(repeat):
+        for name, (cwd, package, extra) in measures.items():
+            rounds[name].append(users_per_second(cwd, n_users, package, 1, extra))
+            print(f"batch, {name} {' '.join(extra)}:", rounds[name][-1], flush=True)
+    for name, runs in rounds.items():
+        out[name] = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+    if src is not None:
+        out["baseline"] = {"rev": rev, **out["baseline"]}  # type: ignore[dict-item]
+        new, base = out["new"], out["baseline"]
+        out["speedup"] = new["users_per_s"] / base["users_per_s"]  # type: ignore[index]
+        out["speedup_cpu"] = new["users_per_cpu_s"] / base["users_per_cpu_s"]  # type: ignore[index]
+        if "baseline_dna" in out:  # "new" is the DNA-only scan (SOURCE): like against like
+            dna = out["baseline_dna"]
+            out["speedup_over_baseline_dna"] = new["users_per_s"] / dna["users_per_s"]  # type: ignore[index]
     alone = root / "alone"
     for u in range(1, n_users + 1, max(1, n_users // check)):
         run_cli(root, ["discover", f"user_{u}", "--no-progress",
@@ -315,24 +344,6 @@ def bench_batch(
                            "--set", f"paths.recommendations_dir={alone_db}"])  # fmt: skip
         same, compared = same_reports(root / "recommendations", alone_db)
         out["hybrid_reports_identical_to_alone"] = f"{same} of {compared} files"
-    src = None if rev == "none" else old_package(root.parent, rev)
-    if src is not None:
-        old = root.parent / "old_run"
-        old.mkdir()
-        (old / "data").mkdir()
-        for p in (root / "data").iterdir():  # another name: the old code keeps its own cache
-            (old / "data" / p.name).symlink_to(p)
-        run_cli(old, ["train", *TINY_MODEL], src)  # its own model: configs differ by a key
-        run_cli(old, ["discover", "user_1", "--no-progress"], src)  # build its cache
-        out["baseline"] = {"rev": rev, **users_per_second(old, n_users, src, 1)}
-        new, base = out["new"], out["baseline"]
-        out["speedup"] = new["users_per_s"] / base["users_per_s"]  # type: ignore[index]
-        out["speedup_cpu"] = new["users_per_cpu_s"] / base["users_per_cpu_s"]  # type: ignore[index]
-        print("batch, baseline:", out["baseline"], flush=True)
-        for source in baseline_sources:  # the old code's other paths, where it has --source
-            extra = ("--source", source)
-            out[f"baseline_{source}"] = users_per_second(old, n_users, src, 1, extra)
-            print(f"batch, baseline --source {source}:", out[f"baseline_{source}"], flush=True)
     return out
 
 
