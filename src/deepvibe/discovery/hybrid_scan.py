@@ -54,7 +54,6 @@ _SAMPLE = 8192  # space rows behind each user's F and D
 _MARGIN = 3  # F aims at _MARGIN * k tracks, so falling short of k is rare
 _MIN_SPACE = 65_536  # smaller spaces: rank_space (every pair) is as fast
 _SAMPLE_USERS = 256  # users per sample tile: (256 x 8,192) float32, 8 MiB
-_LIFT_MARGIN = 2  # tau at least the lift of _LIFT_MARGIN * _MARGIN * k tracks (see there)
 _REL_TOL = 1e-5  # float32 rounding of a few parts, relative to their size, with margin
 
 
@@ -63,7 +62,11 @@ _REL_TOL = 1e-5  # float32 rounding of a few parts, relative to their size, with
 # Zipf catalogue of 20,000 artists), 1.8-2.2x slower than rank_space, which is used there.
 _MIN_RUN = 100  # mean single-artist tracks per artist below which rank_space ranks
 _LONG_RUN = 256  # an artist with this many tracks is scored by a product before the scan
-_MAX_RUNS = 32  # runs per tile compared one by one; beyond, covered columns are gathered
+_SEGMENT = 256  # scan positions sharing one lift room per user (see _segment_rooms)
+_EXCESS = 256  # per user, about this many collab artists get their own room; c_u the rest
+_EXCESS_SHARES = 32  # per user, this many share artists get their own room
+_POWER = 16  # the p of _most's p-norm
+_EXCESS_SAMPLE = 4096  # ArtistCF columns behind each user's c_u
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ class ArtistOrder:
         n_artists = artists.shape[1]
         key = np.where(single, artist, n_artists)  # several or no artist: after the single
         key[space.catalogue_index >= 0] = n_artists + 1  # the catalogue: last
-        rows = np.lexsort((np.arange(len(space)), key)).astype(np.int64)
+        rows = np.lexsort((np.arange(len(space)), _primary(artists), key)).astype(np.int64)
         count = np.bincount(key[rows], minlength=n_artists + 2)[:n_artists].astype(np.int64)
         units = np.ascontiguousarray(space.units[rows].T)
         position = np.empty(len(rows), np.int64)
@@ -105,6 +108,23 @@ class ArtistOrder:
             rows, artist[rows], space.catalogue_index[rows].astype(np.int64), units,
             on_grid(units).astype(np.float32), np.cumsum(count) - count, count, position,
         )  # fmt: skip
+
+
+def _primary(artists: sp.csr_matrix) -> np.ndarray:
+    """(n,) int64: each track's artist with the most tracks (the lower index on a tie; -1 for
+    none), so that the multi-artist tracks of one prolific artist sit together and a segment
+    of them credits few artists (see _segment_rooms)."""
+    n_tracks = np.bincount(artists.indices, minlength=artists.shape[1])
+    # rank of each artist by track count, most first: the lowest rank wins
+    rank = np.empty(artists.shape[1], np.int64)
+    rank[np.lexsort((np.arange(artists.shape[1]), -n_tracks))] = np.arange(artists.shape[1])
+    out = np.full(artists.shape[0], -1, np.int64)
+    has = np.flatnonzero(np.diff(artists.indptr) > 0)
+    if len(has):
+        best = np.minimum.reduceat(rank[artists.indices], artists.indptr[has])
+        order = np.argsort(rank)
+        out[has] = order[best]
+    return out
 
 
 class SpaceChunks:
@@ -132,8 +152,9 @@ class StrongArtists:
 class HybridChunkScorer:
     """A :class:`~deepvibe.discovery.scan.ChunkScorer` for step 4 of :func:`rank_database`:
     ``approximate`` is the DNA part minus the penalty (float32 product), ``candidates`` adds
-    what a column's lift may add (see the module doc), ``exact`` is the full hybrid score, -inf
-    for excluded pairs and for those ranked before the scan (in its seed)."""
+    each user's room over the tile's segments (see :func:`_segment_rooms`), ``exact`` is the
+    full hybrid score, -inf for excluded pairs and for those ranked before the scan (its
+    seed)."""
 
     def __init__(
         self,
@@ -144,7 +165,7 @@ class HybridChunkScorer:
         excluded: Exclusions,
         pairs: PairScorer,
         tolerance: np.ndarray,
-        tau: np.ndarray,
+        rooms: np.ndarray,
         strong: StrongArtists,
         order: ArtistOrder,
         done: np.ndarray | None = None,
@@ -155,15 +176,11 @@ class HybridChunkScorer:
         self.pairs = pairs  # the same users' exact pair scores
         self.excluded = excluded
         self.tolerance = tolerance  # (U,) float32 rounding
-        self.tau = tau  # (U,) the most a lift outside the table can add
+        self.rooms = rooms  # (U, G) the most a lift can add in each segment (-inf: nothing)
         self.strong, self.order = strong, order
         self.done = done  # (U, S) bool: a strong artist's tracks outside the catalogue ranked
         self.catalogue_done = catalogue_done  # the catalogue's tracks ranked for every user
         self.n_users = users.dna.shape[0]
-        self.decoder = None  # (U, n_catalogue) float32 decoder part, with a decoder weight
-        if weights.decoder > 0:
-            z = np.maximum(np.asarray(users.decoder_z, np.float32), 0)
-            self.decoder = np.float32(weights.decoder) * z
         dna = np.asarray(users.dna, np.float32)
         finite = np.isfinite(dna).all(axis=1)
         w = np.float32(weights.dna)
@@ -174,28 +191,21 @@ class HybridChunkScorer:
         return HybridChunkScorer(
             self.scorer, self.users.select(users), self.weights, self.penalty,
             self.excluded.select(users), self.pairs.select(users), self.tolerance[users],
-            self.tau[users], strong, self.order,
+            self.rooms[users], strong, self.order,
             None if self.done is None else self.done[users], self.catalogue_done,
         )  # fmt: skip
 
-    def prepare(self, chunk: TrackChunk) -> dict[str, np.ndarray | None]:
-        """The chunk's rows, features, penalty, and its runs of columns that share a bar: one
-        strong artist (run key = its table column), no strong artist (-1); a bar per column
-        in the catalogue (-2) and for a track of several artists (-3)."""
+    def prepare(self, chunk: TrackChunk) -> dict[str, np.ndarray | int | None]:
+        """The chunk's first position, rows, features, penalty, strong-artist column and
+        catalogue column at each position."""
         size = chunk.features.shape[1]
         at = slice(chunk.start, chunk.start + size)
         rows, artist = self.order.rows[at], self.order.artist[at]
         column = np.where(artist >= 0, self.strong.column[np.maximum(artist, 0)], -1)
-        catalogue = self.order.catalogue[at]
-        credits = self.scorer.space.artists.indptr
-        several = credits[rows + 1] - credits[rows] >= 2
-        run_key = np.where(catalogue >= 0, -2, np.where(several, -3, column))
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(run_key)) + 1]).astype(np.int64)
         pen = None if self.penalty is None else self.penalty[rows].astype(np.float32)
         return {
-            "rows": rows, "units32": chunk.features, "penalty32": pen, "column": column,
-            "catalogue": catalogue, "run_key": run_key, "run_starts": starts,
-            "run_stops": np.append(starts[1:], size), "run_keys": run_key[starts],
+            "start": chunk.start, "rows": rows, "units32": chunk.features, "penalty32": pen,
+            "column": column, "catalogue": self.order.catalogue[at],
         }  # fmt: skip
 
     def approximate(
@@ -208,82 +218,26 @@ class HybridChunkScorer:
         self, prepared: dict[str, np.ndarray], users: slice, c0: int, c1: int,
         approx: np.ndarray, bound: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        """(rows, cols) of the tile's pairs whose DNA part could lift them to ``bound``: at
-        most tau more outside the table and the catalogue, the table's lift in a strong
-        artist's run, the decoder part on top in the catalogue."""
-        tol, tau = self.tolerance[users], self.tau[users]
-        base = rounded_down(bound - tol - tau)  # (b,) outside the table and the catalogue
-        i0 = int(np.searchsorted(prepared["run_stops"], c0, side="right"))
-        i1 = int(np.searchsorted(prepared["run_starts"], c1, side="left"))
-        keys = prepared["run_keys"][i0:i1]
+        """(rows, cols) of the tile's pairs whose DNA part could lift them to ``bound``: one
+        bar per (user, segment), the bound less the segment's room; the comparison of the
+        DNA-only scan, one per segment instead of one per tile."""
+        p0 = int(prepared["start"]) + c0  # type: ignore[call-overload]
         width = c1 - c0
-        if not (keys != -1).any():
-            return np.divmod(np.flatnonzero(approx >= base[:, None]), width)
-
-        def bar(cols: np.ndarray) -> np.ndarray:  # (b, len(cols)) bars of tile columns
-            room = np.broadcast_to(tau[:, None], (len(tau), len(cols))).copy()
-            strong = prepared["column"][c0 + cols]
-            has = np.flatnonzero(strong >= 0)
-            lift = self.strong.lift[users]
-            room[:, has] = np.maximum(lift[:, strong[has]], tau[:, None])
-            self._credits_room(room, lift, tau, prepared["rows"][c0 + cols])
-            if self.done is not None:  # ranked before the scan: no candidate here
-                ranked = self.done[users][:, strong[has]]
-                ranked &= (prepared["catalogue"][c0 + cols[has]] < 0)[None, :]
-                room[:, has] = np.where(ranked, -np.inf, room[:, has])
-            cat = prepared["catalogue"][c0 + cols]
-            inside = np.flatnonzero(cat >= 0)
-            if self.catalogue_done:  # ranked before the scan: no candidate here
-                room[:, inside] = -np.inf
-            elif self.decoder is not None:
-                room[:, inside] += self.decoder[users][:, cat[inside]]
-            return rounded_down((bound - tol)[:, None] - room)
-
-        pieces = []
-        if i1 - i0 <= _MAX_RUNS:  # each column compared once, run by run
-            for lo, hi, key in zip(
-                prepared["run_starts"][i0:i1], prepared["run_stops"][i0:i1], keys, strict=True
-            ):
-                lo, hi = max(int(lo), c0) - c0, min(int(hi), c1) - c0
-                if key == -1:
-                    level = base[:, None]
-                elif key >= 0:  # one artist: one bar per user
-                    level = bar(np.array([lo]))
-                else:
-                    level = bar(np.arange(lo, hi))
-                r, c = np.divmod(np.flatnonzero(approx[:, lo:hi] >= level), hi - lo)
-                pieces.append((r, c + lo))
-        else:  # many short runs: every column at the base bar, the others again at theirs
-            pieces.append(np.divmod(np.flatnonzero(approx >= base[:, None]), width))
-            special = np.flatnonzero(prepared["run_key"][c0:c1] != -1)
-            sub = approx[:, special]
-            r, i = np.nonzero((sub >= bar(special)) & (sub < base[:, None]))
-            pieces.append((r, special[i]))
-        rows = np.concatenate([p[0] for p in pieces])
-        cols = np.concatenate([p[1] for p in pieces])
-        order = np.lexsort((cols, rows))
-        return rows[order], cols[order]
-
-    def _credits_room(
-        self, room: np.ndarray, lift: np.ndarray, tau: np.ndarray, rows: np.ndarray
-    ) -> None:
-        """Room of the tracks crediting several artists: the sum over them of the table's lift
-        (a strong artist) or tau (any other: its lift is below the user's tau)."""
-        credits = self.scorer.space.artists
-        start = credits.indptr[rows]
-        n_credits = credits.indptr[rows + 1] - start
-        several = np.flatnonzero(n_credits >= 2)
-        if len(several) == 0:
-            return
-        total = np.zeros((len(tau), len(several)))
-        for j in range(int(n_credits[several].max())):
-            has = np.flatnonzero(n_credits[several] > j)
-            strong = self.strong.column[credits.indices[start[several[has]] + j]]
-            part = np.broadcast_to(tau[:, None], (len(tau), len(has))).copy()
-            known = np.flatnonzero(strong >= 0)
-            part[:, known] = lift[:, strong[known]]
-            total[:, has] += part
-        room[:, several] = total
+        g0, g1 = p0 // _SEGMENT, (p0 + width - 1) // _SEGMENT + 1
+        with np.errstate(invalid="ignore"):  # -inf room: +inf bar, never a candidate
+            bars = rounded_down((bound - self.tolerance[users])[:, None] - self.rooms[users, g0:g1])
+        b = approx.shape[0]
+        hit = np.empty((b, width), bool)
+        head = min(width, (g0 + 1) * _SEGMENT - p0)  # columns in the first segment
+        np.greater_equal(approx[:, :head], bars[:, :1], out=hit[:, :head])
+        whole = (width - head) // _SEGMENT
+        mid = head + whole * _SEGMENT
+        if whole:
+            inner = approx[:, head:mid].reshape(b, whole, _SEGMENT)
+            hit[:, head:mid] = (inner >= bars[:, 1 : 1 + whole, None]).reshape(b, -1)
+        if mid < width:
+            np.greater_equal(approx[:, mid:], bars[:, -1:], out=hit[:, mid:])
+        return np.divmod(np.flatnonzero(hit), width)
 
     def row_ids(self, prepared: dict[str, np.ndarray], cols: np.ndarray) -> np.ndarray:
         return prepared["rows"][cols]
@@ -303,6 +257,71 @@ class HybridChunkScorer:
             seeded = strong[self.done[users[strong], column[strong]]]
             score[seeded] = -np.inf
         return {"score": score.astype(np.float64)}
+
+
+@dataclass(frozen=True)
+class Segments:
+    """The artists credited in each segment of ``_SEGMENT`` consecutive positions of an
+    :class:`ArtistOrder` (G segments; the same for every user, built once per space)."""
+
+    artists: sp.csr_matrix  # (A, G) float64 1: the artist is credited in the segment
+    first: sp.csr_matrix  # (A, G) 1: the artist is some track's most prolific there
+    second: sp.csr_matrix  # (A, G) 1: the artist is credited there, not as the most prolific
+    cf: sp.csr_matrix | None  # (A_cf, G) the same in ArtistCF columns (None without a model)
+    has_cf: np.ndarray  # (G,) bool: some track of the segment has an ArtistCF artist
+    pure: sp.csr_matrix  # (A, G) 1: the segment is only that artist's single-artist tracks
+    catalogue: np.ndarray  # (G,) bool: every position of the segment is in the catalogue
+    credits: np.ndarray  # (G,) float64: the most artists a track of the segment credits
+
+    @classmethod
+    def of(cls, scorer: HybridScorer, order: ArtistOrder) -> Segments:
+        n = len(order.rows)
+        n_seg = -(-n // _SEGMENT)
+        segment = np.arange(n) // _SEGMENT
+
+        def incidence(by_position: sp.csr_matrix) -> sp.csr_matrix:  # (n, X) -> (X, G)
+            coo = sp.coo_matrix(by_position)
+            out = sp.csr_matrix(
+                (np.ones(coo.nnz), (coo.col, segment[coo.row])),
+                shape=(by_position.shape[1], n_seg),
+            )
+            out.sum_duplicates()
+            out.data[:] = 1.0
+            return out
+
+        by_position = sp.csr_matrix(scorer.space.artists[order.rows])
+        artists = incidence(by_position)
+        primary = _primary(by_position)  # each track's most prolific artist, -1 none
+        has = np.flatnonzero(primary >= 0)
+        first = incidence(sp.csr_matrix(
+            (np.ones(len(has)), (has, primary[has])), shape=by_position.shape
+        ))  # fmt: skip
+        others = by_position.copy()
+        others.data = np.ones(others.nnz)
+        others[has, primary[has]] = 0.0
+        others.eliminate_zeros()
+        second = incidence(others)
+        cf = has_cf = None
+        if scorer.cf_artists is not None:
+            by_position = sp.csr_matrix(scorer.cf_artists[order.rows])
+            cf = incidence(by_position)
+            credited = (np.diff(by_position.indptr) > 0).astype(np.int64)
+            has_cf = np.add.reduceat(credited, np.arange(0, n, _SEGMENT)) > 0
+        starts = np.arange(0, n, _SEGMENT)
+        single = np.where(order.catalogue < 0, order.artist, -1)
+        lo = np.minimum.reduceat(single, starts)
+        hi = np.maximum.reduceat(single, starts)
+        pure_of = np.flatnonzero((lo == hi) & (lo >= 0))
+        pure = sp.csr_matrix(
+            (np.ones(len(pure_of)), (lo[pure_of], pure_of)), shape=(artists.shape[0], n_seg)
+        )
+        inside = np.minimum.reduceat((order.catalogue >= 0).astype(np.int64), starts) > 0
+        indptr = scorer.space.artists.indptr
+        credits = np.maximum.reduceat(indptr[order.rows + 1] - indptr[order.rows], starts)
+        return cls(
+            artists, first, second, cf, np.zeros(n_seg, bool) if has_cf is None else has_cf,
+            pure, inside, credits.astype(np.float64),
+        )  # fmt: skip
 
 
 def pair_scores(
@@ -529,12 +548,12 @@ def rank_database(
     k_eff = max(1, min(int(k), n_space))
     rows = np.full((n_users, k_eff), -1, np.int64)
     scores = np.full((n_users, k_eff), -np.inf)
-    floor, tau = _floor_and_tau(scorer, users, k_eff, out, penalty, w)
+    floor = _floor(scorer, users, k_eff, out, penalty, w)
     guessed = np.flatnonzero(np.isfinite(floor))
     if len(guessed):
         sub = users.select(guessed)
         r, s = _pruned(scorer, sub, k_eff, out.select(guessed), penalty, chunk, w,
-                       floor[guessed], tau[guessed])  # fmt: skip
+                       floor[guessed])  # fmt: skip
         rows[guessed], scores[guessed] = r, s
     # misled by the sample (the k-th best below F), or no guess at all: every pair
     again = np.flatnonzero(~(scores[:, -1] >= np.where(np.isfinite(floor), floor, np.inf)))
@@ -550,18 +569,12 @@ def rank_database(
 
 def _pruned(
     scorer: HybridScorer, users: UserInputs, k: int, out: Exclusions,
-    penalty: np.ndarray | None, chunk: int, w: HybridWeights, floor: np.ndarray, tau: np.ndarray,
+    penalty: np.ndarray | None, chunk: int, w: HybridWeights, floor: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Steps 2-4 of the module doc for users with a finite F: what step 3 ranks, seeding the
     scan."""
-    strong = _strong_artists(scorer, users, tau, w)
-    largest = strong.lift.max(axis=1, initial=0.0)
-    if w.decoder > 0:
-        largest = largest + w.decoder * np.maximum(users.decoder_z, 0).max(axis=1, initial=0.0)
-    tol = _REL_TOL * (1.0 + np.abs(floor) + tau + w.dna + largest)
-    if penalty is not None:
-        tol += _REL_TOL * float(np.abs(penalty[np.isfinite(penalty)]).max(initial=0.0))
     order = _artist_order(scorer)
+    strong = _long_artists(scorer, users, w, order)
     best = StreamingTopK(users.dna.shape[0], k, ordered=False)
     banned = None  # (user, strong column) of the users' excluded artists: none of their tracks
     if out.artists is not None:
@@ -570,11 +583,20 @@ def _pruned(
         banned = coo.row[column >= 0], column[column >= 0]
         strong.lift[banned] = 0.0  # never ranked before the scan
     pairs = PairScorer(scorer, users, w, penalty)
+    largest = strong.lift.max(axis=1, initial=0.0)
+    if w.decoder > 0:
+        largest = largest + w.decoder * np.maximum(users.decoder_z, 0).max(axis=1, initial=0.0)
+    tol = _REL_TOL * (1.0 + np.abs(floor) + w.dna + largest)
     done, catalogue_done = _rank_before_scan(best, scorer, users, strong, order, k, out, pairs, tol)
     if banned is not None:
         done[banned] = True  # nor candidates in the scan
+    rooms = _segment_rooms(scorer, users, w, order, strong, done, out.artists, catalogue_done)
+    top = np.where(np.isfinite(rooms), rooms, 0.0).max(axis=1, initial=0.0)
+    tol = _REL_TOL * (1.0 + np.abs(floor) + w.dna + largest + 2.0 * top)
+    if penalty is not None:
+        tol += _REL_TOL * float(np.abs(penalty[np.isfinite(penalty)]).max(initial=0.0))
     hybrid = HybridChunkScorer(
-        scorer, users, w, penalty, out, pairs, tol, tau, strong, order, done, catalogue_done
+        scorer, users, w, penalty, out, pairs, tol, rooms, strong, order, done, catalogue_done
     )
     e_rows, e_scores = best.result()
     start_floor = np.maximum(floor, e_scores[:, -1])  # their k-th best: a true lower bound
@@ -584,74 +606,157 @@ def _pruned(
     )  # fmt: skip
 
 
-def _strong_artists(
-    scorer: HybridScorer, users: UserInputs, tau: np.ndarray, w: HybridWeights
+def _long_artists(
+    scorer: HybridScorer, users: UserInputs, w: HybridWeights, order: ArtistOrder
 ) -> StrongArtists:
-    """The artists whose lift (weighted share + collab) reaches some user's ``tau``."""
+    """The artists with at least ``_LONG_RUN`` single-artist tracks outside the catalogue and
+    a lift (weighted share + collab, float32) above 0 for some user: step 3's candidates."""
     n_users, n_artists = users.dna.shape[0], scorer.space.artists.shape[1]
-    shares = sp.csr_matrix(users.shares, dtype=np.float32) * np.float32(w.artist)
-    picked = [np.unique(shares.indices)] if w.artist > 0 else []
-    collab = columns = None
-    if w.collab > 0 and users.collab is not None and scorer.artist_cf is not None:
-        columns = scorer.cf_columns  # (A,) CF column of each space artist, -1 none
-        assert columns is not None
-        collab = np.float32(w.collab) * np.asarray(users.collab, np.float32)  # (U, A_cf)
-        top_share = _max_row(shares) if w.artist > 0 else np.zeros(n_users)
-        reach = (collab > 0) & (collab >= (tau - top_share)[:, None])
-        known = np.flatnonzero(columns >= 0)
-        picked.append(known[reach[:, columns[known]].any(axis=0)])
-    artists = np.unique(np.concatenate(picked)) if picked else np.empty(0, np.int64)
+    artists = np.flatnonzero(order.count >= _LONG_RUN)
     lift = np.zeros((n_users, len(artists)), np.float32)
     if w.artist > 0 and len(artists):
+        shares = sp.csr_matrix(users.shares, dtype=np.float32) * np.float32(w.artist)
         lift += shares[:, artists].toarray()
-    if collab is not None and columns is not None and len(artists):
+    columns = scorer.cf_columns
+    if w.collab > 0 and users.collab is not None and columns is not None and len(artists):
         cf = columns[artists]
-        lift[:, cf >= 0] += collab[:, cf[cf >= 0]]
-    keep = (lift >= tau[:, None]).any(axis=0) & (lift > 0).any(axis=0)
+        collab = np.asarray(users.collab, np.float32)
+        lift[:, cf >= 0] += np.float32(w.collab) * collab[:, cf[cf >= 0]]
+    keep = (lift > 0).any(axis=0)
     column = np.full(n_artists, -1, np.int64)
     column[artists[keep]] = np.arange(int(keep.sum()))
     return StrongArtists(np.ascontiguousarray(lift[:, keep]), column)
 
 
-def _floor_and_tau(
+def _segment_rooms(
+    scorer: HybridScorer, users: UserInputs, w: HybridWeights, order: ArtistOrder,
+    strong: StrongArtists, done: np.ndarray, banned: sp.csr_matrix | None,
+    catalogue_done: bool,
+) -> np.ndarray:  # fmt: skip
+    """(U, G) float64: per user and segment of the scan order, at least the lift (share and
+    collab parts, weighted) of any track there that can still be a candidate; -inf where none
+    can (the single-artist run of an artist ranked before the scan or excluded, the
+    catalogue once ranked).
+
+    A track's share part is the sum of its artists' shares, at most the sum over the
+    segment's artists; its collab part, the largest of its artists' collab scores, at most
+    c_u (about the ``_EXCESS``-th largest of the user's collab scores) plus the sum over the
+    segment's artists of what exceeds c_u. Two sparse products: a user's few share artists
+    and few excess collab artists against the segments that credit them."""
+    segments = _segments(scorer, order)
+    n_users, n_seg = users.dna.shape[0], len(segments.catalogue)
+    rooms = np.zeros((n_users, n_seg))
+    if w.artist > 0:
+        shares = sp.csr_matrix(users.shares, dtype=np.float64) * w.artist
+        if banned is not None:  # every track of theirs is excluded: no room needed
+            shares = sp.csr_matrix(shares - shares.multiply(sp.csr_matrix(banned) != 0))
+        cap, excess = _share_excess(shares)
+        # a track's share part: the sum of its artists' shares, its most prolific artist's
+        # and at most `credits` - 1 others'
+        rooms += np.where(segments.credits > 0, 1.0, 0.0) * cap[:, None]
+        rooms += _most(excess, segments.first)
+        others = np.maximum(segments.credits - 1.0, 0.0)
+        rooms += others * (cap[:, None] + _most(excess, segments.second))
+    if w.collab > 0 and users.collab is not None and segments.cf is not None:
+        collab = np.asarray(users.collab, np.float32)
+        cap32 = _collab_cap(collab)  # (U,) float32
+        u, a = np.nonzero(collab > cap32[:, None])
+        excess = sp.csr_matrix(
+            ((collab[u, a] - cap32[u]).astype(np.float64) * w.collab, (u, a)),
+            shape=collab.shape,
+        )
+        rooms += np.outer(w.collab * cap32.astype(np.float64), segments.has_cf)
+        rooms += _most(excess, segments.cf)  # a track's collab part: its artists' largest
+    ranked = np.flatnonzero(strong.column >= 0)[np.argsort(strong.column[strong.column >= 0])]
+    u, c = np.nonzero(done)  # (user, strong column) ranked before the scan
+    skip = sp.csr_matrix(
+        (np.ones(len(u)), (u, ranked[c])), shape=(n_users, segments.pure.shape[0])
+    )
+    if banned is not None:
+        skip = skip + sp.csr_matrix(banned, dtype=np.float64)
+    rooms[(skip @ segments.pure).toarray() > 0] = -np.inf
+    if catalogue_done:
+        rooms[:, segments.catalogue] = -np.inf
+    return rooms
+
+
+def _most(values: sp.csr_matrix, incidence: sp.csr_matrix) -> np.ndarray:
+    """(U, X) values >= 0, (X, G) 0/1 -> (U, G): at least the largest value of each user over
+    each segment's columns, by one sparse product: max x <= (sum x^p)^(1/p), at most
+    n^(1/p) times the largest of n values (``_POWER`` 16: 1.28 for 50), a maximum where
+    a product gives sums."""
+    values = sp.csr_matrix(values, copy=True)
+    owner = np.repeat(np.arange(values.shape[0]), np.diff(values.indptr))
+    scale = np.zeros(values.shape[0])
+    np.maximum.at(scale, owner, values.data)
+    values.data = (values.data / scale[owner]) ** _POWER  # in (0, 1]: no overflow
+    return np.asarray((values @ incidence).todense()) ** (1.0 / _POWER) * scale[:, None]
+
+
+def _share_excess(shares: sp.csr_matrix) -> tuple[np.ndarray, sp.csr_matrix]:
+    """(U, A) weighted shares -> (U,) c_u, about the ``_EXCESS_SHARES``-th largest share of
+    the user (0 for fewer), and (U, A) what exceeds it."""
+    shares = sp.csr_matrix(shares)
+    shares.eliminate_zeros()
+    owner = np.repeat(np.arange(shares.shape[0]), np.diff(shares.indptr))
+    by = np.lexsort((-shares.data, owner))  # each user's shares, largest first
+    place = np.arange(len(by)) - shares.indptr[owner[by]]
+    cap = np.zeros(shares.shape[0])
+    at = by[place == _EXCESS_SHARES]
+    cap[owner[at]] = shares.data[at]
+    over = np.maximum(shares.data - cap[owner], 0.0)
+    excess = sp.csr_matrix((over, shares.indices, shares.indptr), shape=shares.shape)
+    excess.eliminate_zeros()
+    return cap, excess
+
+
+def _collab_cap(collab: np.ndarray) -> np.ndarray:
+    """(U, A_cf) -> (U,) float32: per user about the ``_EXCESS``-th largest collab score (from
+    a fixed sample of columns; 0 when the vocabulary is that small)."""
+    n_cf = collab.shape[1]
+    if n_cf <= _EXCESS:
+        return np.zeros(collab.shape[0], np.float32)
+    sample = _sample_rows(n_cf, _EXCESS_SAMPLE)
+    rank = max(1, int(np.ceil(_EXCESS * len(sample) / n_cf)))
+    return _ranked(collab[:, sample], rank).astype(np.float32)
+
+
+def _segments(scorer: HybridScorer, order: ArtistOrder) -> Segments:
+    out = getattr(scorer, "_segments", None)
+    if out is None:
+        out = Segments.of(scorer, order)
+        scorer._segments = out  # type: ignore[attr-defined]
+    return out
+
+
+def _floor(
     scorer: HybridScorer, users: UserInputs, k: int, excluded: Exclusions,
     penalty: np.ndarray | None, w: HybridWeights,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Per user, F (a score about _MARGIN * k tracks reach; -inf when the sample cannot say)
-    and tau = F - D >= 0 (D: the DNA part minus the penalty at the same rank)."""
+) -> np.ndarray:  # fmt: skip
+    """Per user, D: the DNA part minus the penalty that about _MARGIN * k tracks of a fixed
+    sample reach (-inf when the sample cannot say). Every lift is >= 0, so at least as many
+    tracks reach D by their hybrid score: a guess at a floor under the k-th best, checked
+    after the scan. A float32 product, as the DNA-only scan's own floor."""
     n_space, n_users = len(scorer.space), users.dna.shape[0]
     sample = _sample_rows(n_space, _SAMPLE)
     rank = int(np.ceil(_MARGIN * k * len(sample) / n_space))
     floor = np.full(n_users, -np.inf)
-    tau = np.zeros(n_users)
     if rank > len(sample):
-        return floor, tau
-    prepared = scorer.prepare_rows(sample)  # type: ignore[arg-type]
-    dna_only = HybridWeights(w.dna, 0.0, 0.0, 0.0)
+        return floor
+    dna = np.asarray(users.dna, np.float32)
+    dna = np.where(np.isfinite(dna).all(axis=1)[:, None], dna * np.float32(w.dna), 0.0)
+    units = np.ascontiguousarray(scorer.space.units[sample].T)  # (f, S)
+    units[:, ~scorer.space.has_features[sample]] = 0.0
     pen = None if penalty is None else penalty[sample].astype(np.float32)
     for a in range(0, n_users, _SAMPLE_USERS):
         b = min(a + _SAMPLE_USERS, n_users)
-        tile = users.padded(a, b, b - a)
-        full = scorer.score(tile, sample, w, prepared)  # type: ignore[arg-type]
-        dna = scorer.score(tile, sample, dna_only, prepared)  # type: ignore[arg-type]
+        part = dna[a:b].astype(np.float32) @ units
         if pen is not None:
-            full -= pen
-            dna -= pen
-        never = excluded.block(a, b, sample)
-        full[never] = -np.inf
-        dna[never] = -np.inf
-        with np.errstate(invalid="ignore"):  # -inf - -inf where excluded: 0 below
-            lift = np.where(np.isfinite(full), full - dna, np.float32(0))  # (b, S) >= 0
-        f = _ranked(full, rank)
-        d = _ranked(dna, rank)
-        # tau at least the lift about _LIFT_MARGIN * _MARGIN * k tracks reach, so that the
-        # table of strong artists stays small for a user whose lifts barely move F above D
-        least = _ranked(lift, min(len(sample), _LIFT_MARGIN * rank))
-        floor[a:b] = f
-        gap = np.where(np.isfinite(f) & np.isfinite(d), f - d, 0.0)
-        tau[a:b] = np.maximum(np.maximum(gap, least), 0.0)
+            part -= pen
+        part[excluded.block(a, b, sample)] = -np.inf
+        floor[a:b] = _ranked(part, rank) - _REL_TOL * (1.0 + w.dna)
     floor[~np.isfinite(floor)] = -np.inf
-    return floor, tau
+    return floor
 
 
 def _ranked(values: np.ndarray, rank: int) -> np.ndarray:
