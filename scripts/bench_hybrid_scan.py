@@ -53,9 +53,7 @@ def zipf_artists(rng: np.random.Generator, n_tracks: int, n_artists: int) -> sp.
     keep = second != first[two]
     rows = np.concatenate([np.arange(n_tracks), two[keep]])
     cols = np.concatenate([first, second[keep]])
-    out = sp.csr_matrix(
-        (np.ones(len(rows), np.float32), (rows, cols)), shape=(n_tracks, n_artists)
-    )
+    out = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_tracks, n_artists))
     out.sort_indices()
     return out
 

@@ -57,10 +57,6 @@ _SAMPLE_USERS = 256  # users per sample tile: (256 x 8,192) float32, 8 MiB
 _REL_TOL = 1e-5  # float32 rounding of a few parts, relative to their size, with margin
 
 
-# Artists with many tracks each is where the pruning pays (docs/BENCHMARKS.md): 1,250 tracks
-# per artist, the hybrid at 1.1x the DNA scan against 2.4x by rank_space; 10 per artist (a
-# Zipf catalogue of 20,000 artists), 1.8-2.2x slower than rank_space, which is used there.
-_MIN_RUN = 100  # mean single-artist tracks per artist below which rank_space ranks
 _LONG_RUN = 256  # an artist with this many tracks is scored by a product before the scan
 _SEGMENT = 256  # scan positions sharing one lift room per user (see _segment_rooms)
 _EXCESS = 256  # per user, about this many collab artists get their own room; c_u the rest
@@ -543,7 +539,7 @@ def rank_database(
     n_users, n_space = users.dna.shape[0], len(scorer.space)
     w = weights or scorer.weights
     out = Exclusions(scorer.space, excluded, excluded_artists)
-    if n_space < _MIN_SPACE or n_users == 0 or _artist_order(scorer).mean_run < _MIN_RUN:
+    if n_space < _MIN_SPACE or n_users == 0:
         return rank_space(scorer, users, k, out.full(), penalty, chunk, w)
     k_eff = max(1, min(int(k), n_space))
     rows = np.full((n_users, k_eff), -1, np.int64)
@@ -669,9 +665,7 @@ def _segment_rooms(
         rooms += _most(excess, segments.cf)  # a track's collab part: its artists' largest
     ranked = np.flatnonzero(strong.column >= 0)[np.argsort(strong.column[strong.column >= 0])]
     u, c = np.nonzero(done)  # (user, strong column) ranked before the scan
-    skip = sp.csr_matrix(
-        (np.ones(len(u)), (u, ranked[c])), shape=(n_users, segments.pure.shape[0])
-    )
+    skip = sp.csr_matrix((np.ones(len(u)), (u, ranked[c])), shape=(n_users, segments.pure.shape[0]))
     if banned is not None:
         skip = skip + sp.csr_matrix(banned, dtype=np.float64)
     rooms[(skip @ segments.pure).toarray() > 0] = -np.inf
@@ -813,12 +807,6 @@ def _rank_before_scan(
         take &= lift > 0
         runs.push(best, artists, take)
         done[:, strong.column[artists]] = take
-        best.settle(np.arange(best.fill.shape[0]))
-        # tracks of an artist reach at most its lift + w_dna: those that can beat the k-th
-        reach = lift + (w.dna + tol)[:, None] >= best.threshold[:, None]
-        more = reach & ~take & (lift > 0)
-        runs.push(best, artists, more)
-        done[:, strong.column[artists]] |= more
     catalogue = np.flatnonzero(scorer.space.catalogue_index >= 0)
     if w.decoder <= 0 or len(catalogue) == 0:
         return done, False
@@ -889,15 +877,17 @@ class _ArtistRuns:
             who = np.searchsorted(u, self.out_user[i0:i1])
             mine = (who < len(u)) & (u[np.minimum(who, len(u) - 1)] == self.out_user[i0:i1])
             total[who[mine], self.out_position[i0:i1][mine] - p0] = -np.inf
-        if len(rows) > best.scores.shape[1] - best.k:  # more than a push can take at once:
-            # each user's best k of the run first (ties: the lower row; rows rise in a run)
-            cols = top_k(total, best.k)
-            total = np.take_along_axis(total, cols, axis=1)
-        else:
-            cols = np.broadcast_to(np.arange(len(rows)), total.shape)
         bar = rounded_down(best.threshold[u])  # (b,) float32: below it, never in the top k
+        room = best.scores.shape[1] - best.k  # the most one push can take per user
+        if len(rows) > room:  # below a user's k-th best of the run: never in the top k
+            kth = torch.topk(torch.from_numpy(total), best.k, dim=1).values[:, -1].numpy()
+            bar = np.maximum(bar, kth)
         r, c = np.nonzero(total >= bar[:, None])
-        best.push(u[r], rows[cols[r, c]], total[r, c].astype(np.float64))
+        if len(r) and np.bincount(r).max() > room:  # ties at the k-th: each user's best k
+            cols = top_k(total, best.k)  # (ties: the lower row; rows rise in a run)
+            r, j = np.nonzero(np.take_along_axis(total, cols, axis=1) >= bar[:, None])
+            c = cols[r, j]
+        best.push(u[r], rows[c], total[r, c].astype(np.float64))
 
 
 def _widen(
