@@ -13,8 +13,8 @@ scan's own worker threads (as ``discover`` runs them):
   (in-memory chunks, prepared chunks cached as ``discover --source dna`` keeps them between
   blocks), k + the longest history as discover asks for;
 - ``rank_space``: :func:`signals.rank_space`, every (user, track) pair scored;
-- ``pruned``: :func:`hybrid_scan.rank_database` with its gates off (``_MIN_SPACE``,
-  ``_MIN_RUN``), the history excluded.
+- ``pruned``: :func:`hybrid_scan.rank_database` with its size gate off (``_MIN_SPACE``),
+  the history excluded.
 
 Prints medians, the ratios over ``dna``, the load average beside each repeat, the exact pairs
 per user of the pruned ranking and of the DNA scan, and whether rank_space and the pruned
@@ -168,8 +168,7 @@ def main() -> None:
         f"{order.mean_run:.1f}), {args.users} users x {args.history} history, k {args.k}, "
         f"weights {tuple(args.weights)}; built in {time.perf_counter() - t:.1f} s"
     )
-    hybrid_scan._MIN_SPACE = 0  # the gates off: time the pruned steps themselves
-    hybrid_scan._MIN_RUN = 0
+    hybrid_scan._MIN_SPACE = 0  # the size gate off: time the pruned steps themselves
     db = InMemoryDatabase(scorer.space.standardised, scorer.space.popularity)
     scaler = FeatureScaler(
         tuple(f"f{j}" for j in range(N_FEATURES)), np.zeros(N_FEATURES), np.ones(N_FEATURES)

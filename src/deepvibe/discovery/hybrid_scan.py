@@ -4,28 +4,29 @@ A hybrid score is s(u, t) = dna(u, t) + lift(u, t) - penalty(t): the weighted DN
 most w_dna), the artist, collab and decoder parts (together the lift, >= 0; zero for most
 tracks and most users) and the gems penalty. :func:`rank_database` ranks a block of users so:
 
-1. From a fixed sample of the space, per user: ``F``, a score about ``_MARGIN * k`` tracks
-   reach (a guess at a floor under the k-th best), ``D``, the DNA part's score at the same
-   rank, and ``tau`` >= F - D: a lift below tau matters only where the DNA part is near the
-   top, as in the DNA-only scan.
-2. The tracks of one artist share one artist lift per user (share + collab). The artists whose
-   lift reaches some user's tau ("strong") form a (users x strong artists) table. The space
-   is scanned in :class:`ArtistOrder`: single-artist tracks artist by artist, then the
-   others, then the catalogue, so a strong artist is a run of columns with one bar per user.
+1. From a fixed sample of the space, per user: ``F``, the DNA part minus the penalty that
+   about ``_MARGIN * k`` tracks reach (a float32 product, as the DNA-only scan's floor).
+   Every lift is >= 0, so at least as many tracks reach F by their hybrid score: a guess at
+   a floor under the k-th best.
+2. The space is scanned in :class:`ArtistOrder`: single-artist tracks artist by artist, then
+   the others by their most prolific artist, then the catalogue; cut into segments of
+   ``_SEGMENT`` positions (:class:`Segments`: which artists each one credits). Per user and
+   segment, a room at least the lift of any of its tracks (:func:`_segment_rooms`): the
+   share part (a sum over a track's artists) and the collab part (the largest over them),
+   each bounded by a per-user cap plus the largest excess over it among the segment's
+   artists, found by sparse products of the user's few excess artists and the segments.
 3. Before the scan, by products rather than a gather per pair: each user's highest-lift
-   artists with many tracks (until k of them, then every such artist that can still reach
-   that k-th best) and the catalogue when the decoder counts (its part varies track by
-   track). Their best k seed the scan's top k and floor, a true lower bound.
+   artists with many tracks, until k of them, and the catalogue when the decoder counts (its
+   part varies track by track). Their best k seed the scan's top k and floor, a true lower
+   bound; their segments get no room (-inf).
 4. The scan of :mod:`deepvibe.discovery.scan` (a float32 DNA product per cache-sized tile)
-   scores a pair exactly only when its DNA part could lift it to the bar: tau of room outside
-   the table, the table's lift in a strong artist's run, the sum of its artists' lifts (tau
-   for one outside the table) for a track of several artists, nothing where step 3 ranked it.
+   scores a pair exactly only when its DNA part reaches the bar less its segment's room: one
+   comparison per (user, segment), as the DNA-only scan makes one per (user, tile).
 
 The best k of steps 3 and 4 are the best k of the whole space whenever the k-th of them is at
 least ``F``; a user for whom it is not (the sample misled) is ranked again by
 :func:`signals.rank_space`, which scores every pair; so is a whole space under
-``_MIN_SPACE`` tracks, or whose artists have fewer than ``_MIN_RUN`` tracks each, where the
-pruning was measured slower than scoring every pair (docs/BENCHMARKS.md). Scores are those of
+``_MIN_SPACE`` tracks, where one pass over every pair is as fast. Scores are those of
 :meth:`HybridScorer.score` bit for bit (the same float32 steps: :class:`PairScorer`,
 :class:`_ArtistRuns`), so the ranking (score descending, then row ascending) is rank_space's,
 and a user's result never depends on the other users of the block.
@@ -138,8 +139,8 @@ class SpaceChunks:
 
 @dataclass(frozen=True)
 class StrongArtists:
-    """Per user block, the artists whose lift reaches some user's tau: (U, S) their lift
-    (artist share + collab, weighted) and each space artist's column (-1: not strong)."""
+    """Per user block, the artists step 3 may rank (see _long_artists): (U, S) their lift
+    (artist share + collab, weighted) and each space artist's column (-1: not one)."""
 
     lift: np.ndarray  # (U, S) float32
     column: np.ndarray  # (A,) int64
@@ -534,7 +535,7 @@ def rank_database(
     """:func:`signals.rank_space`'s result (same rows, same float32 scores, same order), by the
     steps of the module doc, for ``excluded`` (U, n) pairs and every track crediting one of
     ``excluded_artists`` (U, A) (rank_space's ``excluded`` is their union). Memory: the user
-    block's inputs, its strong-artist table, what step 3 ranks and one chunk of the scan,
+    block's inputs, its (users x segments) rooms, what step 3 ranks and one chunk of the scan,
     whatever the space's size."""
     n_users, n_space = users.dna.shape[0], len(scorer.space)
     w = weights or scorer.weights
