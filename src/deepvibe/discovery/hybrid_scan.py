@@ -42,7 +42,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from deepvibe.discovery.dna import on_grid
 from deepvibe.discovery.hybrid import HybridWeights
@@ -610,19 +609,18 @@ def _pruned(
     def before_scan(a: int, b: int) -> tuple[np.ndarray, bool, np.ndarray, tuple]:
         """Step 3 and the rooms of users a:b (one worker thread's share)."""
         which = np.arange(a, b)
+        mine = _user_rows(users, a, b)
         sub = StrongArtists(strong.lift[a:b], strong.column)
         best = StreamingTopK(b - a, k, ordered=False)
         done, catalogue_done = _rank_before_scan(
-            best, scorer, users.select(which), sub, order, k, out.select(which),
-            pairs.select(which), floor[a:b],
+            best, scorer, mine, sub, order, k, out.select(which),
+            PairScorer(scorer, mine, w, penalty), floor[a:b],
         )  # fmt: skip
         if banned is not None:  # nor candidates in the scan
-            mine = (banned[0] >= a) & (banned[0] < b)
-            done[banned[0][mine] - a, banned[1][mine]] = True
+            here = (banned[0] >= a) & (banned[0] < b)
+            done[banned[0][here] - a, banned[1][here]] = True
         artists = None if out.artists is None else out.artists[a:b]
-        rooms = _segment_rooms(
-            scorer, users.select(which), w, order, sub, done, artists, catalogue_done
-        )
+        rooms = _segment_rooms(scorer, mine, w, order, sub, done, artists, catalogue_done)
         return done, catalogue_done, rooms, best.result()
 
     with single_threaded_blas(), ThreadPoolExecutor(n_groups) as pool:
@@ -644,6 +642,16 @@ def _pruned(
     return scan(
         SpaceChunks(hybrid.order), hybrid, k, chunk, progress=False, floor=start_floor,  # type: ignore[arg-type]
         seed=(e_rows, e_scores),
+    )  # fmt: skip
+
+
+def _user_rows(users: UserInputs, a: int, b: int) -> UserInputs:
+    """Users a:b, dense inputs as views (UserInputs.select copies: 40 MB of collab scores for
+    512 users of a 20,000-artist model)."""
+    return UserInputs(
+        users.dna[a:b], users.dna_raw[a:b], users.shares[a:b],
+        None if users.collab is None else users.collab[a:b], users.decoder_z[a:b],
+        users.history[a:b], users.usable[a:b],
     )  # fmt: skip
 
 
@@ -757,7 +765,11 @@ def _collab_cap(collab: np.ndarray) -> np.ndarray:
         return np.zeros(collab.shape[0], np.float32)
     sample = _sample_rows(n_cf, _EXCESS_SAMPLE)
     rank = max(1, int(np.ceil(_EXCESS * len(sample) / n_cf)))
-    return _ranked(collab[:, sample], rank).astype(np.float32)
+    values = collab[:, sample]
+    # most scores are 0: distinct negatives instead, or the partition slows 25x on the ties
+    # (any cap >= 0 is right: what exceeds it gets its own room)
+    values = np.where(values > 0, values, -1.0 - np.arange(len(sample), dtype=np.float32))
+    return np.maximum(_ranked(values, rank), 0.0).astype(np.float32)
 
 
 def _segments(scorer: HybridScorer, order: ArtistOrder) -> Segments:
@@ -799,10 +811,10 @@ def _floor(
 
 
 def _ranked(values: np.ndarray, rank: int) -> np.ndarray:
-    """(b, S) -> (b,) float64: each row's rank-th largest value (torch.topk: several times
-    faster than a partition of the whole row)."""
-    top = torch.topk(torch.from_numpy(np.ascontiguousarray(values)), rank, dim=1).values
-    return top[:, rank - 1].numpy().astype(np.float64)
+    """(b, S) -> (b,) float64: each row's rank-th largest value (np.partition: 9x faster
+    than torch.topk on (256 x 8,192) float32 here)."""
+    at = values.shape[1] - rank
+    return np.partition(values, at, axis=1)[:, at].astype(np.float64)
 
 
 @functools.cache
