@@ -1,5 +1,6 @@
 """The hybrid's database ranking against a DNA-only scan of the same tracks, on a catalogue
 shaped like real ones (issue 10's cost budget: the hybrid at most 1.25x the DNA scan).
+``--equal-artists``: artists of equal sizes instead (the toy database's shape).
 
 Builds in memory a space of ``--tracks`` tracks (12 continuous features) by ``--artists``
 artists of Zipf sizes (track counts ~ 1 / rank; 15% of tracks credit two artists), an
@@ -42,10 +43,12 @@ from deepvibe.model.artist_cf import ArtistCF
 N_FEATURES, N_CATALOGUE, N_LISTENERS = 12, 1000, 2000
 
 
-def zipf_artists(rng: np.random.Generator, n_tracks: int, n_artists: int) -> sp.csr_matrix:
-    """(n, A) binary credits: artist of each credit drawn with p ~ 1 / rank; 15% of tracks
-    credit two (distinct) artists."""
-    p = 1.0 / np.arange(1, n_artists + 1)
+def zipf_artists(
+    rng: np.random.Generator, n_tracks: int, n_artists: int, equal: bool = False
+) -> sp.csr_matrix:
+    """(n, A) binary credits: artist of each credit drawn with p ~ 1 / rank (``equal``: all
+    alike, the toy database's shape); 15% of tracks credit two (distinct) artists."""
+    p = np.ones(n_artists) if equal else 1.0 / np.arange(1, n_artists + 1)
     p /= p.sum()
     first = rng.choice(n_artists, n_tracks, p=p)
     two = np.flatnonzero(rng.random(n_tracks) < 0.15)
@@ -60,12 +63,12 @@ def zipf_artists(rng: np.random.Generator, n_tracks: int, n_artists: int) -> sp.
 
 def build(
     n_tracks: int, n_artists: int, n_users: int, history: int, seed: int,
-    weights: HybridWeights,
+    weights: HybridWeights, equal: bool = False,
 ) -> tuple[HybridScorer, UserInputs, np.ndarray]:  # fmt: skip
     """The scorer, the users' inputs and their standardised DNA (U, f)."""
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(n_tracks, N_FEATURES)).astype(np.float32)
-    artists = zipf_artists(rng, n_tracks, n_artists)
+    artists = zipf_artists(rng, n_tracks, n_artists, equal)
     catalogue_index = np.full(n_tracks, -1, np.int64)
     inside = rng.choice(n_tracks, N_CATALOGUE, replace=False)
     catalogue_index[inside] = np.arange(N_CATALOGUE)
@@ -156,11 +159,21 @@ def main() -> None:
         metavar=("DNA", "ARTIST", "COLLAB", "DECODER"),
     )  # fmt: skip
     parser.add_argument("--chunk", type=int, default=262_144)
+    parser.add_argument(
+        "--equal-artists", action="store_true",
+        help="artists of equal sizes (the toy database's shape) instead of Zipf sizes",
+    )  # fmt: skip
     args = parser.parse_args()
     weights = HybridWeights(*args.weights)
     t = time.perf_counter()
     scorer, inputs, dna_raw = build(
-        args.tracks, args.artists, args.users, args.history, args.seed, weights
+        args.tracks,
+        args.artists,
+        args.users,
+        args.history,
+        args.seed,
+        weights,
+        args.equal_artists,
     )
     order = hybrid_scan._artist_order(scorer)  # built once per space, as discover keeps it
     print(
