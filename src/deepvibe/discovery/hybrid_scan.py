@@ -58,12 +58,11 @@ from deepvibe.ranking.topk import StreamingTopK
 
 log = logging.getLogger(__name__)
 
-_SAMPLE = 8192  # space rows behind each user's F and D
+_SAMPLE = 8192  # space rows behind each user's F
 _MARGIN = 3  # F aims at _MARGIN * k tracks, so falling short of k is rare
 _MIN_SPACE = 65_536  # smaller spaces: rank_space (every pair) is as fast
 _SAMPLE_USERS = 256  # users per sample tile: (256 x 8,192) float32, 8 MiB
 _REL_TOL = 1e-5  # float32 rounding of a few parts, relative to their size, with margin
-
 
 _MIN_GROUP = 64  # users per worker thread before the scan, at least
 _LONG_RUN = 256  # an artist with this many tracks is scored by a product before the scan
@@ -844,9 +843,12 @@ def _rank_before_scan(
 ) -> tuple[np.ndarray, bool]:  # fmt: skip
     """Score exactly, by products instead of a gather per pair, what the scan would find
     costly: per user, every track (single-artist, outside the catalogue) of the highest-lift
-    artists with at least _LONG_RUN such tracks until k of them, then of every such artist
-    whose tracks can still reach that k-th best; and, with a decoder weight, the catalogue.
-    Returns the (U, S) strong artists so ranked per user and whether the catalogue was."""
+    artists with at least _LONG_RUN such tracks until k of them (the scan's rooms bound the
+    others: scoring every run that could still reach the k-th best took 0.84 of 1.55 s in
+    a profiled 512-user block of a Zipf catalogue); and, with a decoder weight, the
+    catalogue. Pairs
+    below ``floor`` (F) are never kept. Returns the (U, S) strong artists so ranked per
+    user and whether the catalogue was."""
     done = np.zeros(strong.lift.shape, bool)
     artists = np.flatnonzero(strong.column >= 0)
     artists = artists[order.count[artists] >= _LONG_RUN]
