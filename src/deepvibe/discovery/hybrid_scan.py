@@ -70,6 +70,7 @@ _SEGMENT = 256  # scan positions sharing one lift room per user (see _segment_ro
 _EXCESS = 256  # per user, about this many collab artists get their own room; c_u the rest
 _EXCESS_SHARES = 32  # per user, this many share artists get their own room
 _POWER = 16  # the p of _most's p-norm
+_PRODUCT_SHARE = 0.05  # step 3 scores a run by a product if the scan would score this share
 _EXCESS_SAMPLE = 1024  # ArtistCF columns behind each user's c_u
 
 
@@ -564,12 +565,12 @@ def rank_database(
     k_eff = max(1, min(int(k), n_space))
     rows = np.full((n_users, k_eff), -1, np.int64)
     scores = np.full((n_users, k_eff), -np.inf)
-    floor = _floor(scorer, users, k_eff, out, penalty, w)
+    floor, spread = _floor(scorer, users, k_eff, out, penalty, w)
     guessed = np.flatnonzero(np.isfinite(floor))
     if len(guessed):
         sub = users.select(guessed)
         r, s = _pruned(scorer, sub, k_eff, out.select(guessed), penalty, chunk, w,
-                       floor[guessed])  # fmt: skip
+                       floor[guessed], spread[guessed])  # fmt: skip
         rows[guessed], scores[guessed] = r, s
     # misled by the sample (the k-th best below F), or no guess at all: every pair
     again = np.flatnonzero(~(scores[:, -1] >= np.where(np.isfinite(floor), floor, np.inf)))
@@ -586,6 +587,7 @@ def rank_database(
 def _pruned(
     scorer: HybridScorer, users: UserInputs, k: int, out: Exclusions,
     penalty: np.ndarray | None, chunk: int, w: HybridWeights, floor: np.ndarray,
+    spread: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Steps 2-4 of the module doc for users with a finite F: what step 3 ranks, seeding the
     scan."""
@@ -613,7 +615,7 @@ def _pruned(
         best = StreamingTopK(b - a, k, ordered=False)
         done, catalogue_done = _rank_before_scan(
             best, scorer, mine, sub, order, k, out.select(which),
-            PairScorer(scorer, mine, w, penalty), floor[a:b],
+            PairScorer(scorer, mine, w, penalty), floor[a:b], spread[a:b],
         )  # fmt: skip
         if banned is not None:  # nor candidates in the scan
             here = (banned[0] >= a) & (banned[0] < b)
@@ -782,17 +784,20 @@ def _segments(scorer: HybridScorer, order: ArtistOrder) -> Segments:
 def _floor(
     scorer: HybridScorer, users: UserInputs, k: int, excluded: Exclusions,
     penalty: np.ndarray | None, w: HybridWeights,
-) -> np.ndarray:  # fmt: skip
-    """Per user, D: the DNA part minus the penalty that about _MARGIN * k tracks of a fixed
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Per user, F: the DNA part minus the penalty that about _MARGIN * k tracks of a fixed
     sample reach (-inf when the sample cannot say). Every lift is >= 0, so at least as many
-    tracks reach D by their hybrid score: a guess at a floor under the k-th best, checked
-    after the scan. A float32 product, as the DNA-only scan's own floor."""
+    tracks reach F by their hybrid score: a guess at a floor under the k-th best, checked
+    after the scan. A float32 product, as the DNA-only scan's own floor. Also (U, S / 8)
+    float32: each user's DNA parts of every 8th sample track, ascending (how many tracks
+    reach a bar, for step 3)."""
     n_space, n_users = len(scorer.space), users.dna.shape[0]
     sample = _sample_rows(n_space, _SAMPLE)
     rank = int(np.ceil(_MARGIN * k * len(sample) / n_space))
     floor = np.full(n_users, -np.inf)
+    spread = np.full((n_users, -(-len(sample) // 8)), -np.inf, np.float32)
     if rank > len(sample):
-        return floor
+        return floor, spread
     dna = np.asarray(users.dna, np.float32)
     dna = np.where(np.isfinite(dna).all(axis=1)[:, None], dna * np.float32(w.dna), 0.0)
     units = np.ascontiguousarray(scorer.space.units[sample].T)  # (f, S)
@@ -805,8 +810,18 @@ def _floor(
             part -= pen
         part[excluded.block(a, b, sample)] = -np.inf
         floor[a:b] = _ranked(part, rank) - _REL_TOL * (1.0 + w.dna)
+        spread[a:b] = np.sort(part[:, ::8], axis=1)
     floor[~np.isfinite(floor)] = -np.inf
-    return floor
+    return floor, spread
+
+
+def _share_reaching(spread: np.ndarray, bar: np.ndarray) -> np.ndarray:
+    """(U, S') ascending sample DNA parts, (U, L) bars -> (U, L) share of the sample at or
+    above each bar."""
+    out = np.empty(bar.shape)
+    for u in range(bar.shape[0]):
+        out[u] = spread.shape[1] - np.searchsorted(spread[u], bar[u], side="left")
+    return out / max(1, spread.shape[1])
 
 
 def _ranked(values: np.ndarray, rank: int) -> np.ndarray:
@@ -840,6 +855,7 @@ def _artist_order(scorer: HybridScorer) -> ArtistOrder:
 def _rank_before_scan(
     best: StreamingTopK, scorer: HybridScorer, users: UserInputs, strong: StrongArtists,
     order: ArtistOrder, k: int, excluded: Exclusions, pairs: PairScorer, floor: np.ndarray,
+    spread: np.ndarray,
 ) -> tuple[np.ndarray, bool]:  # fmt: skip
     """Score exactly, by products instead of a gather per pair, what the scan would find
     costly: per user, every track (single-artist, outside the catalogue) of the highest-lift
@@ -866,6 +882,13 @@ def _rank_before_scan(
         take &= lift > 0
         runs.push(best, artists, take)
         done[:, strong.column[artists]] = take
+        # then the runs where the scan would score a large share of the tracks one by one:
+        # a product costs about 1/20 of a pair scored exactly (docs/BENCHMARKS.md)
+        best.settle(np.arange(best.fill.shape[0]))
+        bar = np.maximum(best.threshold, floor)[:, None] - lift  # (U, L): the DNA part needed
+        more = ~take & (lift > 0) & (_share_reaching(spread, bar) >= _PRODUCT_SHARE)
+        runs.push(best, artists, more)
+        done[:, strong.column[artists]] |= more
     catalogue = np.flatnonzero(scorer.space.catalogue_index >= 0)
     if w.decoder <= 0 or len(catalogue) == 0:
         return done, False
