@@ -16,9 +16,10 @@ tracks and most users) and the gems penalty. :func:`rank_database` ranks a block
    each bounded by a per-user cap plus the largest excess over it among the segment's
    artists, found by sparse products of the user's few excess artists and the segments.
 3. Before the scan, by products rather than a gather per pair: each user's highest-lift
-   artists with many tracks, until k of them, and the catalogue when the decoder counts (its
-   part varies track by track). Their best k seed the scan's top k and floor, a true lower
-   bound; their segments get no room (-inf).
+   artists with many tracks, until k of them, then those where the scan would score at
+   least ``_PRODUCT_SHARE`` of the tracks one by one, and the catalogue when the decoder
+   counts (its part varies track by track). Their best k seed the scan's top k and floor,
+   a true lower bound; their segments get no room (-inf).
 4. The scan of :mod:`deepvibe.discovery.scan` (a float32 DNA product per cache-sized tile)
    scores a pair exactly only when its DNA part reaches the bar less its segment's room: one
    comparison per (user, segment), as the DNA-only scan makes one per (user, tile).
@@ -859,9 +860,10 @@ def _rank_before_scan(
 ) -> tuple[np.ndarray, bool]:  # fmt: skip
     """Score exactly, by products instead of a gather per pair, what the scan would find
     costly: per user, every track (single-artist, outside the catalogue) of the highest-lift
-    artists with at least _LONG_RUN such tracks until k of them (the scan's rooms bound the
-    others: scoring every run that could still reach the k-th best took 0.84 of 1.55 s in
-    a profiled 512-user block of a Zipf catalogue); and, with a decoder weight, the
+    artists with at least _LONG_RUN such tracks until k of them, then of those where the
+    scan would score at least _PRODUCT_SHARE of the tracks exactly (the scan's rooms bound
+    the others: scoring every run that could still reach the k-th best took 0.84 of 1.55 s
+    in a profiled 512-user block of a Zipf catalogue); and, with a decoder weight, the
     catalogue. Pairs
     below ``floor`` (F) are never kept. Returns the (U, S) strong artists so ranked per
     user and whether the catalogue was."""
