@@ -50,7 +50,6 @@ def test_batch_reports_are_identical_to_per_user_reports(
 ) -> None:
     if source == "db-pruned":  # the pruned ranking of a big database, on this small one
         monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0)
-        monkeypatch.setattr(hybrid_scan, "_MIN_RUN", 0)
         monkeypatch.setattr(hybrid_scan, "_SAMPLE", 512)
         source = "db"
     users = [f"user_{i}" for i in (1, 5, 9, 30, 77, 150, 222, 399)]

@@ -4,6 +4,8 @@ in every mode, with exact ties, near-ties and multi-artist credits."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -90,7 +92,6 @@ def small_sample(monkeypatch):  # noqa: ANN201
     """Sample and size limits scaled to a 20,000-track space."""
     monkeypatch.setattr(hybrid_scan, "_SAMPLE", 2048)
     monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0)
-    monkeypatch.setattr(hybrid_scan, "_MIN_RUN", 0)
     yield
 
 
@@ -185,16 +186,72 @@ def test_excluded_artists_exclude_what_their_every_track_would(monkeypatch, smal
         assert scores.tobytes() == want[1].tobytes()
 
 
-def test_short_artist_runs_are_ranked_over_every_pair(monkeypatch) -> None:
-    """About 13 tracks per artist: below _MIN_RUN, where the pruning does not pay, so every
-    user goes to rank_space; 670 per artist (30 artists): the pruned steps rank them."""
+def test_short_artist_runs_are_ranked_by_the_pruned_steps(monkeypatch) -> None:
+    """About 13 tracks per artist (below the former _MIN_RUN gate, where rank_space ranked
+    every pair) and 670 (30 artists): the pruned steps rank almost every user."""
     monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0)
     monkeypatch.setattr(hybrid_scan, "_SAMPLE", 2048)
-    for n_artists, everyone in ((N_ARTISTS, True), (30, False)):
+    for n_artists in (N_ARTISTS, 30):
         scorer, inputs = _scorer_and_inputs(6, False, n_artists)
         handed = _by_every_pair_too(monkeypatch)
         rank_database(scorer, inputs, 50, inputs.history)
-        assert (sum(handed) == N_USERS) == everyone
+        assert sum(handed) <= N_USERS // 10
+
+
+def _zipf_catalogue(seed: int) -> tuple[HybridScorer, UserInputs]:
+    """The realistic regime: 2,000 artists of Zipf sizes (most with a few tracks, a few with
+    thousands), 15% of tracks crediting two, ArtistCF neighbours over every artist (dense
+    collab), shares from the users' history over those artists."""
+    scorer, inputs = _scorer_and_inputs(seed, True, 2000)
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, 2001)
+    p /= p.sum()
+    n_credits = np.where(rng.random(N_SPACE) < 0.15, 2, 1)
+    rows = np.repeat(np.arange(N_SPACE), n_credits)
+    artists = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, rng.choice(2000, len(rows), p=p))),
+        shape=(N_SPACE, 2000),
+    )
+    artists.data[:] = 1.0
+    space = replace(scorer.space, artists=artists)
+    scorer = HybridScorer(
+        None, np.zeros((N_CATALOGUE, 12), np.float32), space,  # type: ignore[arg-type]
+        scorer.weights, 1.0, None, scorer.artist_cf,
+    )  # fmt: skip
+    cf_users = sp.csr_matrix(inputs.history @ scorer.cf_artists)
+    cf_users.data[:] = 1.0
+    assert scorer.artist_cf is not None
+    inputs = replace(
+        inputs, shares=artist_share_matrix(inputs.history, artists),
+        collab=scorer.artist_cf.user_scores(cf_users),
+    )  # fmt: skip
+    return scorer, inputs
+
+
+@pytest.mark.parametrize("mode", ["standard", "gems", "new-artists"])
+@pytest.mark.parametrize(
+    "weights", [None, HybridWeights(0.1, 0.01, 1.0, 0.3), HybridWeights(1.0, 3.0, 0.0, 0.0)]
+)
+def test_pruned_ranking_on_a_zipf_catalogue_equals_scoring_every_pair(
+    monkeypatch, small_sample, mode, weights
+) -> None:
+    """Short runs, multi-artist tracks and dense collab: the per-segment lift rooms (shares
+    and collab over each user's cap, p-norm maxima) never drop a pair of the top k."""
+    scorer, inputs = _zipf_catalogue(8)
+    excluded, artists = inputs.history, None
+    if mode == "new-artists":
+        excluded = (inputs.history + scorer.space.same_artist_tracks(inputs.history)).tocsr()
+        artists = sp.csr_matrix(inputs.history @ scorer.space.artists)
+        artists.data[:] = 1.0
+    penalty = gems_penalty(scorer.space.popularity, 0.5, 80.0) if mode == "gems" else None
+    want_rows, want_scores = rank_space(scorer, inputs, 100, excluded, penalty, 16_384, weights)
+    handed = _by_every_pair_too(monkeypatch)
+    rows, scores = rank_database(
+        scorer, inputs, 100, inputs.history, penalty, 4096, weights, artists
+    )
+    np.testing.assert_array_equal(rows, want_rows)
+    assert scores.tobytes() == want_scores.tobytes()
+    assert sum(handed) <= N_USERS // 10
 
 
 def test_a_selected_chunk_scorer_scores_its_users_as_the_whole_block(

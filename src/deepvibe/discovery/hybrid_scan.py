@@ -4,28 +4,30 @@ A hybrid score is s(u, t) = dna(u, t) + lift(u, t) - penalty(t): the weighted DN
 most w_dna), the artist, collab and decoder parts (together the lift, >= 0; zero for most
 tracks and most users) and the gems penalty. :func:`rank_database` ranks a block of users so:
 
-1. From a fixed sample of the space, per user: ``F``, a score about ``_MARGIN * k`` tracks
-   reach (a guess at a floor under the k-th best), ``D``, the DNA part's score at the same
-   rank, and ``tau`` >= F - D: a lift below tau matters only where the DNA part is near the
-   top, as in the DNA-only scan.
-2. The tracks of one artist share one artist lift per user (share + collab). The artists whose
-   lift reaches some user's tau ("strong") form a (users x strong artists) table. The space
-   is scanned in :class:`ArtistOrder`: single-artist tracks artist by artist, then the
-   others, then the catalogue, so a strong artist is a run of columns with one bar per user.
+1. From a fixed sample of the space, per user: ``F``, the DNA part minus the penalty that
+   about ``_MARGIN * k`` tracks reach (a float32 product, as the DNA-only scan's floor).
+   Every lift is >= 0, so at least as many tracks reach F by their hybrid score: a guess at
+   a floor under the k-th best.
+2. The space is scanned in :class:`ArtistOrder`: single-artist tracks artist by artist, then
+   the others by their most prolific artist, then the catalogue; cut into segments of
+   ``_SEGMENT`` positions (:class:`Segments`: which artists each one credits). Per user and
+   segment, a room at least the lift of any of its tracks (:func:`_segment_rooms`): the
+   share part (a sum over a track's artists) and the collab part (the largest over them),
+   each bounded by a per-user cap plus the largest excess over it among the segment's
+   artists, found by sparse products of the user's few excess artists and the segments.
 3. Before the scan, by products rather than a gather per pair: each user's highest-lift
-   artists with many tracks (until k of them, then every such artist that can still reach
-   that k-th best) and the catalogue when the decoder counts (its part varies track by
-   track). Their best k seed the scan's top k and floor, a true lower bound.
+   artists with many tracks, until k of them, then those where the scan would score at
+   least ``_PRODUCT_SHARE`` of the tracks one by one, and the catalogue when the decoder
+   counts (its part varies track by track). Their best k seed the scan's top k and floor,
+   a true lower bound; their segments get no room (-inf).
 4. The scan of :mod:`deepvibe.discovery.scan` (a float32 DNA product per cache-sized tile)
-   scores a pair exactly only when its DNA part could lift it to the bar: tau of room outside
-   the table, the table's lift in a strong artist's run, the sum of its artists' lifts (tau
-   for one outside the table) for a track of several artists, nothing where step 3 ranked it.
+   scores a pair exactly only when its DNA part reaches the bar less its segment's room: one
+   comparison per (user, segment), as the DNA-only scan makes one per (user, tile).
 
 The best k of steps 3 and 4 are the best k of the whole space whenever the k-th of them is at
 least ``F``; a user for whom it is not (the sample misled) is ranked again by
 :func:`signals.rank_space`, which scores every pair; so is a whole space under
-``_MIN_SPACE`` tracks, or whose artists have fewer than ``_MIN_RUN`` tracks each, where the
-pruning was measured slower than scoring every pair (docs/BENCHMARKS.md). Scores are those of
+``_MIN_SPACE`` tracks, where one pass over every pair is as fast. Scores are those of
 :meth:`HybridScorer.score` bit for bit (the same float32 steps: :class:`PairScorer`,
 :class:`_ArtistRuns`), so the ranking (score descending, then row ascending) is rank_space's,
 and a user's result never depends on the other users of the block.
@@ -37,34 +39,41 @@ import functools
 import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from deepvibe.discovery.dna import on_grid
 from deepvibe.discovery.hybrid import HybridWeights
-from deepvibe.discovery.scan import TrackChunk, penalised_product, rounded_down, scan
+from deepvibe.discovery.scan import (
+    TrackChunk,
+    penalised_product,
+    rounded_down,
+    scan,
+    single_threaded_blas,
+    workers,
+)
 from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
-from deepvibe.ranking.topk import StreamingTopK, top_k
+from deepvibe.ranking.topk import StreamingTopK
 
 log = logging.getLogger(__name__)
 
-_SAMPLE = 8192  # space rows behind each user's F and D
+_SAMPLE = 8192  # space rows behind each user's F
 _MARGIN = 3  # F aims at _MARGIN * k tracks, so falling short of k is rare
 _MIN_SPACE = 65_536  # smaller spaces: rank_space (every pair) is as fast
 _SAMPLE_USERS = 256  # users per sample tile: (256 x 8,192) float32, 8 MiB
-_LIFT_MARGIN = 2  # tau at least the lift of _LIFT_MARGIN * _MARGIN * k tracks (see there)
 _REL_TOL = 1e-5  # float32 rounding of a few parts, relative to their size, with margin
 
-
-# Artists with many tracks each is where the pruning pays (docs/BENCHMARKS.md): 1,250 tracks
-# per artist, the hybrid at 1.1x the DNA scan against 2.4x by rank_space; 10 per artist (a
-# Zipf catalogue of 20,000 artists), 1.8-2.2x slower than rank_space, which is used there.
-_MIN_RUN = 100  # mean single-artist tracks per artist below which rank_space ranks
+_MIN_GROUP = 64  # users per worker thread before the scan, at least
 _LONG_RUN = 256  # an artist with this many tracks is scored by a product before the scan
-_MAX_RUNS = 32  # runs per tile compared one by one; beyond, covered columns are gathered
+_SEGMENT = 256  # scan positions sharing one lift room per user (see _segment_rooms)
+_EXCESS = 256  # per user, about this many collab artists get their own room; c_u the rest
+_EXCESS_SHARES = 32  # per user, this many share artists get their own room
+_POWER = 16  # the p of _most's p-norm
+_PRODUCT_SHARE = 0.05  # step 3 scores a run by a product if the scan would score this share
+_EXCESS_SAMPLE = 1024  # ArtistCF columns behind each user's c_u
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,8 @@ class ArtistOrder:
     artist: np.ndarray  # (n,) int64: the single artist at each position, -1 for the others
     catalogue: np.ndarray  # (n,) int64: catalogue column at each position, -1 outside
     units: np.ndarray  # (f, n) float32 unit features in this order (the scan's DNA side)
-    grid: np.ndarray  # (f, n) float32 the same on the grid of dna.on_grid (exact cosines)
+    grid: np.ndarray  # (n, f) float32 the same on the grid of dna.on_grid (exact cosines),
+    # by row: a pair's 12 values in one cache line
     first: np.ndarray  # (A,) int64: each artist's first position (outside the catalogue)
     count: np.ndarray  # (A,) int64: its number of positions there
     position: np.ndarray  # (n,) int64: the position of each space row
@@ -97,15 +107,33 @@ class ArtistOrder:
         n_artists = artists.shape[1]
         key = np.where(single, artist, n_artists)  # several or no artist: after the single
         key[space.catalogue_index >= 0] = n_artists + 1  # the catalogue: last
-        rows = np.lexsort((np.arange(len(space)), key)).astype(np.int64)
+        rows = np.lexsort((np.arange(len(space)), _primary(artists), key)).astype(np.int64)
         count = np.bincount(key[rows], minlength=n_artists + 2)[:n_artists].astype(np.int64)
         units = np.ascontiguousarray(space.units[rows].T)
         position = np.empty(len(rows), np.int64)
         position[rows] = np.arange(len(rows))
         return cls(
             rows, artist[rows], space.catalogue_index[rows].astype(np.int64), units,
-            on_grid(units).astype(np.float32), np.cumsum(count) - count, count, position,
+            on_grid(space.units[rows]).astype(np.float32), np.cumsum(count) - count, count,
+            position,
         )  # fmt: skip
+
+
+def _primary(artists: sp.csr_matrix) -> np.ndarray:
+    """(n,) int64: each track's artist with the most tracks (the lower index on a tie; -1 for
+    none), so that the multi-artist tracks of one prolific artist sit together and a segment
+    of them credits few artists (see _segment_rooms)."""
+    n_tracks = np.bincount(artists.indices, minlength=artists.shape[1])
+    # rank of each artist by track count, most first: the lowest rank wins
+    rank = np.empty(artists.shape[1], np.int64)
+    rank[np.lexsort((np.arange(artists.shape[1]), -n_tracks))] = np.arange(artists.shape[1])
+    out = np.full(artists.shape[0], -1, np.int64)
+    has = np.flatnonzero(np.diff(artists.indptr) > 0)
+    if len(has):
+        best = np.minimum.reduceat(rank[artists.indices], artists.indptr[has])
+        order = np.argsort(rank)
+        out[has] = order[best]
+    return out
 
 
 class SpaceChunks:
@@ -123,8 +151,8 @@ class SpaceChunks:
 
 @dataclass(frozen=True)
 class StrongArtists:
-    """Per user block, the artists whose lift reaches some user's tau: (U, S) their lift
-    (artist share + collab, weighted) and each space artist's column (-1: not strong)."""
+    """Per user block, the artists step 3 may rank (see _long_artists): (U, S) their lift
+    (artist share + collab, weighted) and each space artist's column (-1: not one)."""
 
     lift: np.ndarray  # (U, S) float32
     column: np.ndarray  # (A,) int64
@@ -133,8 +161,9 @@ class StrongArtists:
 class HybridChunkScorer:
     """A :class:`~deepvibe.discovery.scan.ChunkScorer` for step 4 of :func:`rank_database`:
     ``approximate`` is the DNA part minus the penalty (float32 product), ``candidates`` adds
-    what a column's lift may add (see the module doc), ``exact`` is the full hybrid score, -inf
-    for excluded pairs and for those ranked before the scan (in its seed)."""
+    each user's room over the tile's segments (see :func:`_segment_rooms`), ``exact`` is the
+    full hybrid score, -inf for excluded pairs and for those ranked before the scan (its
+    seed)."""
 
     def __init__(
         self,
@@ -145,26 +174,26 @@ class HybridChunkScorer:
         excluded: Exclusions,
         pairs: PairScorer,
         tolerance: np.ndarray,
-        tau: np.ndarray,
+        rooms: np.ndarray,
         strong: StrongArtists,
         order: ArtistOrder,
         done: np.ndarray | None = None,
         catalogue_done: bool = False,
+        floor: np.ndarray | None = None,
     ) -> None:
         self.scorer, self.users, self.weights = scorer, users, weights
+        n_users = users.dna.shape[0]
+        # (U,) the scan's floor: a score below it never enters the top k
+        self.floor = np.full(n_users, -np.inf) if floor is None else floor
         self.penalty = penalty
         self.pairs = pairs  # the same users' exact pair scores
         self.excluded = excluded
         self.tolerance = tolerance  # (U,) float32 rounding
-        self.tau = tau  # (U,) the most a lift outside the table can add
+        self.rooms = rooms  # (U, G) the most a lift can add in each segment (-inf: nothing)
         self.strong, self.order = strong, order
         self.done = done  # (U, S) bool: a strong artist's tracks outside the catalogue ranked
         self.catalogue_done = catalogue_done  # the catalogue's tracks ranked for every user
         self.n_users = users.dna.shape[0]
-        self.decoder = None  # (U, n_catalogue) float32 decoder part, with a decoder weight
-        if weights.decoder > 0:
-            z = np.maximum(np.asarray(users.decoder_z, np.float32), 0)
-            self.decoder = np.float32(weights.decoder) * z
         dna = np.asarray(users.dna, np.float32)
         finite = np.isfinite(dna).all(axis=1)
         w = np.float32(weights.dna)
@@ -175,28 +204,22 @@ class HybridChunkScorer:
         return HybridChunkScorer(
             self.scorer, self.users.select(users), self.weights, self.penalty,
             self.excluded.select(users), self.pairs.select(users), self.tolerance[users],
-            self.tau[users], strong, self.order,
+            self.rooms[users], strong, self.order,
             None if self.done is None else self.done[users], self.catalogue_done,
+            self.floor[users],
         )  # fmt: skip
 
-    def prepare(self, chunk: TrackChunk) -> dict[str, np.ndarray | None]:
-        """The chunk's rows, features, penalty, and its runs of columns that share a bar: one
-        strong artist (run key = its table column), no strong artist (-1); a bar per column
-        in the catalogue (-2) and for a track of several artists (-3)."""
+    def prepare(self, chunk: TrackChunk) -> dict[str, np.ndarray | int | None]:
+        """The chunk's first position, rows, features, penalty, strong-artist column and
+        catalogue column at each position."""
         size = chunk.features.shape[1]
         at = slice(chunk.start, chunk.start + size)
         rows, artist = self.order.rows[at], self.order.artist[at]
         column = np.where(artist >= 0, self.strong.column[np.maximum(artist, 0)], -1)
-        catalogue = self.order.catalogue[at]
-        credits = self.scorer.space.artists.indptr
-        several = credits[rows + 1] - credits[rows] >= 2
-        run_key = np.where(catalogue >= 0, -2, np.where(several, -3, column))
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(run_key)) + 1]).astype(np.int64)
         pen = None if self.penalty is None else self.penalty[rows].astype(np.float32)
         return {
-            "rows": rows, "units32": chunk.features, "penalty32": pen, "column": column,
-            "catalogue": catalogue, "run_key": run_key, "run_starts": starts,
-            "run_stops": np.append(starts[1:], size), "run_keys": run_key[starts],
+            "start": chunk.start, "rows": rows, "units32": chunk.features, "penalty32": pen,
+            "column": column, "catalogue": self.order.catalogue[at],
         }  # fmt: skip
 
     def approximate(
@@ -209,82 +232,26 @@ class HybridChunkScorer:
         self, prepared: dict[str, np.ndarray], users: slice, c0: int, c1: int,
         approx: np.ndarray, bound: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        """(rows, cols) of the tile's pairs whose DNA part could lift them to ``bound``: at
-        most tau more outside the table and the catalogue, the table's lift in a strong
-        artist's run, the decoder part on top in the catalogue."""
-        tol, tau = self.tolerance[users], self.tau[users]
-        base = rounded_down(bound - tol - tau)  # (b,) outside the table and the catalogue
-        i0 = int(np.searchsorted(prepared["run_stops"], c0, side="right"))
-        i1 = int(np.searchsorted(prepared["run_starts"], c1, side="left"))
-        keys = prepared["run_keys"][i0:i1]
+        """(rows, cols) of the tile's pairs whose DNA part could lift them to ``bound``: one
+        bar per (user, segment), the bound less the segment's room; the comparison of the
+        DNA-only scan, one per segment instead of one per tile."""
+        p0 = int(prepared["start"]) + c0  # type: ignore[call-overload]
         width = c1 - c0
-        if not (keys != -1).any():
-            return np.divmod(np.flatnonzero(approx >= base[:, None]), width)
-
-        def bar(cols: np.ndarray) -> np.ndarray:  # (b, len(cols)) bars of tile columns
-            room = np.broadcast_to(tau[:, None], (len(tau), len(cols))).copy()
-            strong = prepared["column"][c0 + cols]
-            has = np.flatnonzero(strong >= 0)
-            lift = self.strong.lift[users]
-            room[:, has] = np.maximum(lift[:, strong[has]], tau[:, None])
-            self._credits_room(room, lift, tau, prepared["rows"][c0 + cols])
-            if self.done is not None:  # ranked before the scan: no candidate here
-                ranked = self.done[users][:, strong[has]]
-                ranked &= (prepared["catalogue"][c0 + cols[has]] < 0)[None, :]
-                room[:, has] = np.where(ranked, -np.inf, room[:, has])
-            cat = prepared["catalogue"][c0 + cols]
-            inside = np.flatnonzero(cat >= 0)
-            if self.catalogue_done:  # ranked before the scan: no candidate here
-                room[:, inside] = -np.inf
-            elif self.decoder is not None:
-                room[:, inside] += self.decoder[users][:, cat[inside]]
-            return rounded_down((bound - tol)[:, None] - room)
-
-        pieces = []
-        if i1 - i0 <= _MAX_RUNS:  # each column compared once, run by run
-            for lo, hi, key in zip(
-                prepared["run_starts"][i0:i1], prepared["run_stops"][i0:i1], keys, strict=True
-            ):
-                lo, hi = max(int(lo), c0) - c0, min(int(hi), c1) - c0
-                if key == -1:
-                    level = base[:, None]
-                elif key >= 0:  # one artist: one bar per user
-                    level = bar(np.array([lo]))
-                else:
-                    level = bar(np.arange(lo, hi))
-                r, c = np.divmod(np.flatnonzero(approx[:, lo:hi] >= level), hi - lo)
-                pieces.append((r, c + lo))
-        else:  # many short runs: every column at the base bar, the others again at theirs
-            pieces.append(np.divmod(np.flatnonzero(approx >= base[:, None]), width))
-            special = np.flatnonzero(prepared["run_key"][c0:c1] != -1)
-            sub = approx[:, special]
-            r, i = np.nonzero((sub >= bar(special)) & (sub < base[:, None]))
-            pieces.append((r, special[i]))
-        rows = np.concatenate([p[0] for p in pieces])
-        cols = np.concatenate([p[1] for p in pieces])
-        order = np.lexsort((cols, rows))
-        return rows[order], cols[order]
-
-    def _credits_room(
-        self, room: np.ndarray, lift: np.ndarray, tau: np.ndarray, rows: np.ndarray
-    ) -> None:
-        """Room of the tracks crediting several artists: the sum over them of the table's lift
-        (a strong artist) or tau (any other: its lift is below the user's tau)."""
-        credits = self.scorer.space.artists
-        start = credits.indptr[rows]
-        n_credits = credits.indptr[rows + 1] - start
-        several = np.flatnonzero(n_credits >= 2)
-        if len(several) == 0:
-            return
-        total = np.zeros((len(tau), len(several)))
-        for j in range(int(n_credits[several].max())):
-            has = np.flatnonzero(n_credits[several] > j)
-            strong = self.strong.column[credits.indices[start[several[has]] + j]]
-            part = np.broadcast_to(tau[:, None], (len(tau), len(has))).copy()
-            known = np.flatnonzero(strong >= 0)
-            part[:, known] = lift[:, strong[known]]
-            total[:, has] += part
-        room[:, several] = total
+        g0, g1 = p0 // _SEGMENT, (p0 + width - 1) // _SEGMENT + 1
+        with np.errstate(invalid="ignore"):  # -inf room: +inf bar, never a candidate
+            bars = rounded_down((bound - self.tolerance[users])[:, None] - self.rooms[users, g0:g1])
+        b = approx.shape[0]
+        hit = np.empty((b, width), bool)
+        head = min(width, (g0 + 1) * _SEGMENT - p0)  # columns in the first segment
+        np.greater_equal(approx[:, :head], bars[:, :1], out=hit[:, :head])
+        whole = (width - head) // _SEGMENT
+        mid = head + whole * _SEGMENT
+        if whole:
+            inner = approx[:, head:mid].reshape(b, whole, _SEGMENT)
+            hit[:, head:mid] = (inner >= bars[:, 1 : 1 + whole, None]).reshape(b, -1)
+        if mid < width:
+            np.greater_equal(approx[:, mid:], bars[:, -1:], out=hit[:, mid:])
+        return np.divmod(np.flatnonzero(hit), width)
 
     def row_ids(self, prepared: dict[str, np.ndarray], cols: np.ndarray) -> np.ndarray:
         return prepared["rows"][cols]
@@ -292,18 +259,88 @@ class HybridChunkScorer:
     def exact(
         self, prepared: dict[str, np.ndarray], users: np.ndarray, cols: np.ndarray
     ) -> dict[str, np.ndarray]:
+        """Scores below the user's floor are left unchecked (the top k drops them anyway)."""
         rows = prepared["rows"][cols]
         score = self.pairs(users, rows)
-        score[self.excluded.mask(users, rows)] = -np.inf
+        live = np.flatnonzero(score >= self.floor[users])
+        users, rows, cols = users[live], rows[live], cols[live]
+        out = score[live]
+        out[self.excluded.mask(users, rows)] = -np.inf
         catalogue = prepared["catalogue"][cols] >= 0
         if self.catalogue_done:  # in the seed already
-            score[catalogue] = -np.inf
+            out[catalogue] = -np.inf
         if self.done is not None:
             column = prepared["column"][cols]
             strong = np.flatnonzero((column >= 0) & ~catalogue)
             seeded = strong[self.done[users[strong], column[strong]]]
-            score[seeded] = -np.inf
+            out[seeded] = -np.inf
+        score[live] = out
         return {"score": score.astype(np.float64)}
+
+
+@dataclass(frozen=True)
+class Segments:
+    """The artists credited in each segment of ``_SEGMENT`` consecutive positions of an
+    :class:`ArtistOrder` (G segments; the same for every user, built once per space)."""
+
+    artists: sp.csr_matrix  # (A, G) float64 1: the artist is credited in the segment
+    first: sp.csr_matrix  # (A, G) 1: the artist is some track's most prolific there
+    second: sp.csr_matrix  # (A, G) 1: the artist is credited there, not as the most prolific
+    cf: sp.csr_matrix | None  # (A_cf, G) the same in ArtistCF columns (None without a model)
+    has_cf: np.ndarray  # (G,) bool: some track of the segment has an ArtistCF artist
+    pure: sp.csr_matrix  # (A, G) 1: the segment is only that artist's single-artist tracks
+    catalogue: np.ndarray  # (G,) bool: every position of the segment is in the catalogue
+    credits: np.ndarray  # (G,) float64: the most artists a track of the segment credits
+
+    @classmethod
+    def of(cls, scorer: HybridScorer, order: ArtistOrder) -> Segments:
+        n = len(order.rows)
+        n_seg = -(-n // _SEGMENT)
+        segment = np.arange(n) // _SEGMENT
+
+        def incidence(by_position: sp.csr_matrix) -> sp.csr_matrix:  # (n, X) -> (X, G)
+            coo = sp.coo_matrix(by_position)
+            out = sp.csr_matrix(
+                (np.ones(coo.nnz), (coo.col, segment[coo.row])),
+                shape=(by_position.shape[1], n_seg),
+            )
+            out.sum_duplicates()
+            out.data[:] = 1.0
+            return out
+
+        by_position = sp.csr_matrix(scorer.space.artists[order.rows])
+        artists = incidence(by_position)
+        primary = _primary(by_position)  # each track's most prolific artist, -1 none
+        has = np.flatnonzero(primary >= 0)
+        first = incidence(sp.csr_matrix(
+            (np.ones(len(has)), (has, primary[has])), shape=by_position.shape
+        ))  # fmt: skip
+        others = by_position.copy()
+        others.data = np.ones(others.nnz)
+        others[has, primary[has]] = 0.0
+        others.eliminate_zeros()
+        second = incidence(others)
+        cf = has_cf = None
+        if scorer.cf_artists is not None:
+            by_position = sp.csr_matrix(scorer.cf_artists[order.rows])
+            cf = incidence(by_position)
+            credited = (np.diff(by_position.indptr) > 0).astype(np.int64)
+            has_cf = np.add.reduceat(credited, np.arange(0, n, _SEGMENT)) > 0
+        starts = np.arange(0, n, _SEGMENT)
+        single = np.where(order.catalogue < 0, order.artist, -1)
+        lo = np.minimum.reduceat(single, starts)
+        hi = np.maximum.reduceat(single, starts)
+        pure_of = np.flatnonzero((lo == hi) & (lo >= 0))
+        pure = sp.csr_matrix(
+            (np.ones(len(pure_of)), (lo[pure_of], pure_of)), shape=(artists.shape[0], n_seg)
+        )
+        inside = np.minimum.reduceat((order.catalogue >= 0).astype(np.int64), starts) > 0
+        indptr = scorer.space.artists.indptr
+        credits = np.maximum.reduceat(indptr[order.rows + 1] - indptr[order.rows], starts)
+        return cls(
+            artists, first, second, cf, np.zeros(n_seg, bool) if has_cf is None else has_cf,
+            pure, inside, credits.astype(np.float64),
+        )  # fmt: skip
 
 
 def pair_scores(
@@ -368,10 +405,10 @@ class PairScorer:
             inside = np.flatnonzero(cat >= 0)
             total[inside] += self.decoder[user_rows[inside], cat[inside]]
         if self.grid is not None:
-            track_grid = self.order.grid[:, self.order.position[rows]].T  # (P, f)
-            exact = np.einsum(
-                "ij,ij->i", self.grid[user_rows], track_grid.astype(np.float64)
-            )  # exact: grid values, float64 sums without rounding
+            track_grid = self.order.grid[self.order.position[rows]]  # (P, f)
+            # exact: grid values, float64 products and sums without rounding (einsum casts
+            # the float32 side as it goes: 3x faster than a float64 copy of the gather)
+            exact = np.einsum("ij,ij->i", self.grid[user_rows], track_grid)
             cos = exact.astype(np.float32)
             cos *= np.float32(w.dna)
             cos[~space.has_features[rows]] = 0.0
@@ -520,22 +557,22 @@ def rank_database(
     """:func:`signals.rank_space`'s result (same rows, same float32 scores, same order), by the
     steps of the module doc, for ``excluded`` (U, n) pairs and every track crediting one of
     ``excluded_artists`` (U, A) (rank_space's ``excluded`` is their union). Memory: the user
-    block's inputs, its strong-artist table, what step 3 ranks and one chunk of the scan,
+    block's inputs, its (users x segments) rooms, what step 3 ranks and one chunk of the scan,
     whatever the space's size."""
     n_users, n_space = users.dna.shape[0], len(scorer.space)
     w = weights or scorer.weights
     out = Exclusions(scorer.space, excluded, excluded_artists)
-    if n_space < _MIN_SPACE or n_users == 0 or _artist_order(scorer).mean_run < _MIN_RUN:
+    if n_space < _MIN_SPACE or n_users == 0:
         return rank_space(scorer, users, k, out.full(), penalty, chunk, w)
     k_eff = max(1, min(int(k), n_space))
     rows = np.full((n_users, k_eff), -1, np.int64)
     scores = np.full((n_users, k_eff), -np.inf)
-    floor, tau = _floor_and_tau(scorer, users, k_eff, out, penalty, w)
+    floor, spread = _floor(scorer, users, k_eff, out, penalty, w)
     guessed = np.flatnonzero(np.isfinite(floor))
     if len(guessed):
         sub = users.select(guessed)
         r, s = _pruned(scorer, sub, k_eff, out.select(guessed), penalty, chunk, w,
-                       floor[guessed], tau[guessed])  # fmt: skip
+                       floor[guessed], spread[guessed])  # fmt: skip
         rows[guessed], scores[guessed] = r, s
     # misled by the sample (the k-th best below F), or no guess at all: every pair
     again = np.flatnonzero(~(scores[:, -1] >= np.where(np.isfinite(floor), floor, np.inf)))
@@ -551,19 +588,13 @@ def rank_database(
 
 def _pruned(
     scorer: HybridScorer, users: UserInputs, k: int, out: Exclusions,
-    penalty: np.ndarray | None, chunk: int, w: HybridWeights, floor: np.ndarray, tau: np.ndarray,
+    penalty: np.ndarray | None, chunk: int, w: HybridWeights, floor: np.ndarray,
+    spread: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Steps 2-4 of the module doc for users with a finite F: what step 3 ranks, seeding the
     scan."""
-    strong = _strong_artists(scorer, users, tau, w)
-    largest = strong.lift.max(axis=1, initial=0.0)
-    if w.decoder > 0:
-        largest = largest + w.decoder * np.maximum(users.decoder_z, 0).max(axis=1, initial=0.0)
-    tol = _REL_TOL * (1.0 + np.abs(floor) + tau + w.dna + largest)
-    if penalty is not None:
-        tol += _REL_TOL * float(np.abs(penalty[np.isfinite(penalty)]).max(initial=0.0))
     order = _artist_order(scorer)
-    best = StreamingTopK(users.dna.shape[0], k, ordered=False)
+    strong = _long_artists(scorer, users, w, order)
     banned = None  # (user, strong column) of the users' excluded artists: none of their tracks
     if out.artists is not None:
         coo = sp.coo_matrix(out.artists)
@@ -571,95 +602,235 @@ def _pruned(
         banned = coo.row[column >= 0], column[column >= 0]
         strong.lift[banned] = 0.0  # never ranked before the scan
     pairs = PairScorer(scorer, users, w, penalty)
-    done, catalogue_done = _rank_before_scan(best, scorer, users, strong, order, k, out, pairs, tol)
-    if banned is not None:
-        done[banned] = True  # nor candidates in the scan
-    hybrid = HybridChunkScorer(
-        scorer, users, w, penalty, out, pairs, tol, tau, strong, order, done, catalogue_done
-    )
-    e_rows, e_scores = best.result()
+    largest = strong.lift.max(axis=1, initial=0.0)
+    if w.decoder > 0:
+        largest = largest + w.decoder * np.maximum(users.decoder_z, 0).max(axis=1, initial=0.0)
+    n_users = users.dna.shape[0]
+    n_groups = max(1, min(workers(), n_users // _MIN_GROUP))
+    bounds = np.linspace(0, n_users, n_groups + 1).astype(int)
+
+    def before_scan(a: int, b: int) -> tuple[np.ndarray, bool, np.ndarray, tuple]:
+        """Step 3 and the rooms of users a:b (one worker thread's share)."""
+        which = np.arange(a, b)
+        mine = _user_rows(users, a, b)
+        sub = StrongArtists(strong.lift[a:b], strong.column)
+        best = StreamingTopK(b - a, k, ordered=False)
+        done, catalogue_done = _rank_before_scan(
+            best, scorer, mine, sub, order, k, out.select(which),
+            PairScorer(scorer, mine, w, penalty), floor[a:b], spread[a:b],
+        )  # fmt: skip
+        if banned is not None:  # nor candidates in the scan
+            here = (banned[0] >= a) & (banned[0] < b)
+            done[banned[0][here] - a, banned[1][here]] = True
+        artists = None if out.artists is None else out.artists[a:b]
+        rooms = _segment_rooms(scorer, mine, w, order, sub, done, artists, catalogue_done)
+        return done, catalogue_done, rooms, best.result()
+
+    with single_threaded_blas(), ThreadPoolExecutor(n_groups) as pool:
+        parts = list(pool.map(before_scan, bounds[:-1], bounds[1:]))
+    done = np.concatenate([p[0] for p in parts])
+    catalogue_done = parts[0][1]
+    rooms = np.concatenate([p[2] for p in parts])
+    e_rows = np.concatenate([p[3][0] for p in parts])
+    e_scores = np.concatenate([p[3][1] for p in parts])
+    top = np.where(np.isfinite(rooms), rooms, 0.0).max(axis=1, initial=0.0)
+    tol = _REL_TOL * (1.0 + np.abs(floor) + w.dna + largest + 2.0 * top)
+    if penalty is not None:
+        tol += _REL_TOL * float(np.abs(penalty[np.isfinite(penalty)]).max(initial=0.0))
     start_floor = np.maximum(floor, e_scores[:, -1])  # their k-th best: a true lower bound
+    hybrid = HybridChunkScorer(
+        scorer, users, w, penalty, out, pairs, tol, rooms, strong, order, done, catalogue_done,
+        start_floor,
+    )  # fmt: skip
     return scan(
         SpaceChunks(hybrid.order), hybrid, k, chunk, progress=False, floor=start_floor,  # type: ignore[arg-type]
         seed=(e_rows, e_scores),
     )  # fmt: skip
 
 
-def _strong_artists(
-    scorer: HybridScorer, users: UserInputs, tau: np.ndarray, w: HybridWeights
+def _user_rows(users: UserInputs, a: int, b: int) -> UserInputs:
+    """Users a:b, dense inputs as views (UserInputs.select copies: 40 MB of collab scores for
+    512 users of a 20,000-artist model)."""
+    return UserInputs(
+        users.dna[a:b], users.dna_raw[a:b], users.shares[a:b],
+        None if users.collab is None else users.collab[a:b], users.decoder_z[a:b],
+        users.history[a:b], users.usable[a:b],
+    )  # fmt: skip
+
+
+def _long_artists(
+    scorer: HybridScorer, users: UserInputs, w: HybridWeights, order: ArtistOrder
 ) -> StrongArtists:
-    """The artists whose lift (weighted share + collab) reaches some user's ``tau``."""
+    """The artists with at least ``_LONG_RUN`` single-artist tracks outside the catalogue and
+    a lift (weighted share + collab, float32) above 0 for some user: step 3's candidates."""
     n_users, n_artists = users.dna.shape[0], scorer.space.artists.shape[1]
-    shares = sp.csr_matrix(users.shares, dtype=np.float32) * np.float32(w.artist)
-    picked = [np.unique(shares.indices)] if w.artist > 0 else []
-    collab = columns = None
-    if w.collab > 0 and users.collab is not None and scorer.artist_cf is not None:
-        columns = scorer.cf_columns  # (A,) CF column of each space artist, -1 none
-        assert columns is not None
-        collab = np.float32(w.collab) * np.asarray(users.collab, np.float32)  # (U, A_cf)
-        top_share = _max_row(shares) if w.artist > 0 else np.zeros(n_users)
-        reach = (collab > 0) & (collab >= (tau - top_share)[:, None])
-        known = np.flatnonzero(columns >= 0)
-        picked.append(known[reach[:, columns[known]].any(axis=0)])
-    artists = np.unique(np.concatenate(picked)) if picked else np.empty(0, np.int64)
+    artists = np.flatnonzero(order.count >= _LONG_RUN)
     lift = np.zeros((n_users, len(artists)), np.float32)
     if w.artist > 0 and len(artists):
+        shares = sp.csr_matrix(users.shares, dtype=np.float32) * np.float32(w.artist)
         lift += shares[:, artists].toarray()
-    if collab is not None and columns is not None and len(artists):
+    columns = scorer.cf_columns
+    if w.collab > 0 and users.collab is not None and columns is not None and len(artists):
         cf = columns[artists]
-        lift[:, cf >= 0] += collab[:, cf[cf >= 0]]
-    keep = (lift >= tau[:, None]).any(axis=0) & (lift > 0).any(axis=0)
+        collab = np.asarray(users.collab, np.float32)
+        lift[:, cf >= 0] += np.float32(w.collab) * collab[:, cf[cf >= 0]]
+    keep = (lift > 0).any(axis=0)
     column = np.full(n_artists, -1, np.int64)
     column[artists[keep]] = np.arange(int(keep.sum()))
     return StrongArtists(np.ascontiguousarray(lift[:, keep]), column)
 
 
-def _floor_and_tau(
+def _segment_rooms(
+    scorer: HybridScorer, users: UserInputs, w: HybridWeights, order: ArtistOrder,
+    strong: StrongArtists, done: np.ndarray, banned: sp.csr_matrix | None,
+    catalogue_done: bool,
+) -> np.ndarray:  # fmt: skip
+    """(U, G) float64: per user and segment of the scan order, at least the lift (share and
+    collab parts, weighted) of any track there that can still be a candidate; -inf where none
+    can (the single-artist run of an artist ranked before the scan or excluded, the
+    catalogue once ranked).
+
+    A track's share part is the sum of its artists' shares, at most the sum over the
+    segment's artists; its collab part, the largest of its artists' collab scores, at most
+    c_u (about the ``_EXCESS``-th largest of the user's collab scores) plus the sum over the
+    segment's artists of what exceeds c_u. Two sparse products: a user's few share artists
+    and few excess collab artists against the segments that credit them."""
+    segments = _segments(scorer, order)
+    n_users, n_seg = users.dna.shape[0], len(segments.catalogue)
+    rooms = np.zeros((n_users, n_seg))
+    if w.artist > 0:
+        shares = sp.csr_matrix(users.shares, dtype=np.float64) * w.artist
+        if banned is not None:  # every track of theirs is excluded: no room needed
+            shares = sp.csr_matrix(shares - shares.multiply(sp.csr_matrix(banned) != 0))
+        cap, excess = _share_excess(shares)
+        # a track's share part: the sum of its artists' shares, its most prolific artist's
+        # and at most `credits` - 1 others'
+        rooms += np.where(segments.credits > 0, 1.0, 0.0) * cap[:, None]
+        rooms += _most(excess, segments.first)
+        others = np.maximum(segments.credits - 1.0, 0.0)
+        rooms += others * (cap[:, None] + _most(excess, segments.second))
+    if w.collab > 0 and users.collab is not None and segments.cf is not None:
+        collab = np.asarray(users.collab, np.float32)
+        cap32 = _collab_cap(collab)  # (U,) float32
+        u, a = np.nonzero(collab > cap32[:, None])
+        excess = sp.csr_matrix(
+            ((collab[u, a] - cap32[u]).astype(np.float64) * w.collab, (u, a)),
+            shape=collab.shape,
+        )
+        rooms += np.outer(w.collab * cap32.astype(np.float64), segments.has_cf)
+        rooms += _most(excess, segments.cf)  # a track's collab part: its artists' largest
+    ranked = np.flatnonzero(strong.column >= 0)[np.argsort(strong.column[strong.column >= 0])]
+    u, c = np.nonzero(done)  # (user, strong column) ranked before the scan
+    skip = sp.csr_matrix((np.ones(len(u)), (u, ranked[c])), shape=(n_users, segments.pure.shape[0]))
+    if banned is not None:
+        skip = skip + sp.csr_matrix(banned, dtype=np.float64)
+    rooms[(skip @ segments.pure).toarray() > 0] = -np.inf
+    if catalogue_done:
+        rooms[:, segments.catalogue] = -np.inf
+    return rooms
+
+
+def _most(values: sp.csr_matrix, incidence: sp.csr_matrix) -> np.ndarray:
+    """(U, X) values >= 0, (X, G) 0/1 -> (U, G): at least the largest value of each user over
+    each segment's columns, by one sparse product: max x <= (sum x^p)^(1/p), at most
+    n^(1/p) times the largest of n values (``_POWER`` 16: 1.28 for 50), a maximum where
+    a product gives sums."""
+    values = sp.csr_matrix(values, copy=True)
+    owner = np.repeat(np.arange(values.shape[0]), np.diff(values.indptr))
+    scale = np.zeros(values.shape[0])
+    np.maximum.at(scale, owner, values.data)
+    values.data = (values.data / scale[owner]) ** _POWER  # in (0, 1]: no overflow
+    return np.asarray((values @ incidence).todense()) ** (1.0 / _POWER) * scale[:, None]
+
+
+def _share_excess(shares: sp.csr_matrix) -> tuple[np.ndarray, sp.csr_matrix]:
+    """(U, A) weighted shares -> (U,) c_u, about the ``_EXCESS_SHARES``-th largest share of
+    the user (0 for fewer), and (U, A) what exceeds it."""
+    shares = sp.csr_matrix(shares)
+    shares.eliminate_zeros()
+    owner = np.repeat(np.arange(shares.shape[0]), np.diff(shares.indptr))
+    by = np.lexsort((-shares.data, owner))  # each user's shares, largest first
+    place = np.arange(len(by)) - shares.indptr[owner[by]]
+    cap = np.zeros(shares.shape[0])
+    at = by[place == _EXCESS_SHARES]
+    cap[owner[at]] = shares.data[at]
+    over = np.maximum(shares.data - cap[owner], 0.0)
+    excess = sp.csr_matrix((over, shares.indices, shares.indptr), shape=shares.shape)
+    excess.eliminate_zeros()
+    return cap, excess
+
+
+def _collab_cap(collab: np.ndarray) -> np.ndarray:
+    """(U, A_cf) -> (U,) float32: per user about the ``_EXCESS``-th largest collab score (from
+    a fixed sample of columns; 0 when the vocabulary is that small)."""
+    n_cf = collab.shape[1]
+    if n_cf <= _EXCESS:
+        return np.zeros(collab.shape[0], np.float32)
+    sample = _sample_rows(n_cf, _EXCESS_SAMPLE)
+    rank = max(1, int(np.ceil(_EXCESS * len(sample) / n_cf)))
+    values = collab[:, sample]
+    # most scores are 0: distinct negatives instead, or the partition slows 2.5x on the ties
+    # (any cap >= 0 is right: what exceeds it gets its own room)
+    values = np.where(values > 0, values, -1.0 - np.arange(len(sample), dtype=np.float32))
+    return np.maximum(_ranked(values, rank), 0.0).astype(np.float32)
+
+
+def _segments(scorer: HybridScorer, order: ArtistOrder) -> Segments:
+    out = getattr(scorer, "_segments", None)
+    if out is None:
+        out = Segments.of(scorer, order)
+        scorer._segments = out  # type: ignore[attr-defined]
+    return out
+
+
+def _floor(
     scorer: HybridScorer, users: UserInputs, k: int, excluded: Exclusions,
     penalty: np.ndarray | None, w: HybridWeights,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Per user, F (a score about _MARGIN * k tracks reach; -inf when the sample cannot say)
-    and tau = F - D >= 0 (D: the DNA part minus the penalty at the same rank)."""
+    """Per user, F: the DNA part minus the penalty that about _MARGIN * k tracks of a fixed
+    sample reach (-inf when the sample cannot say). Every lift is >= 0, so at least as many
+    tracks reach F by their hybrid score: a guess at a floor under the k-th best, checked
+    after the scan. A float32 product, as the DNA-only scan's own floor. Also (U, S / 8)
+    float32: each user's DNA parts of every 8th sample track, ascending (how many tracks
+    reach a bar, for step 3)."""
     n_space, n_users = len(scorer.space), users.dna.shape[0]
     sample = _sample_rows(n_space, _SAMPLE)
     rank = int(np.ceil(_MARGIN * k * len(sample) / n_space))
     floor = np.full(n_users, -np.inf)
-    tau = np.zeros(n_users)
+    spread = np.full((n_users, -(-len(sample) // 8)), -np.inf, np.float32)
     if rank > len(sample):
-        return floor, tau
-    prepared = scorer.prepare_rows(sample)  # type: ignore[arg-type]
-    dna_only = HybridWeights(w.dna, 0.0, 0.0, 0.0)
+        return floor, spread
+    dna = np.asarray(users.dna, np.float32)
+    dna = np.where(np.isfinite(dna).all(axis=1)[:, None], dna * np.float32(w.dna), 0.0)
+    units = np.ascontiguousarray(scorer.space.units[sample].T)  # (f, S)
+    units[:, ~scorer.space.has_features[sample]] = 0.0
     pen = None if penalty is None else penalty[sample].astype(np.float32)
     for a in range(0, n_users, _SAMPLE_USERS):
         b = min(a + _SAMPLE_USERS, n_users)
-        tile = users.padded(a, b, b - a)
-        full = scorer.score(tile, sample, w, prepared)  # type: ignore[arg-type]
-        dna = scorer.score(tile, sample, dna_only, prepared)  # type: ignore[arg-type]
+        part = dna[a:b].astype(np.float32) @ units
         if pen is not None:
-            full -= pen
-            dna -= pen
-        never = excluded.block(a, b, sample)
-        full[never] = -np.inf
-        dna[never] = -np.inf
-        with np.errstate(invalid="ignore"):  # -inf - -inf where excluded: 0 below
-            lift = np.where(np.isfinite(full), full - dna, np.float32(0))  # (b, S) >= 0
-        f = _ranked(full, rank)
-        d = _ranked(dna, rank)
-        # tau at least the lift about _LIFT_MARGIN * _MARGIN * k tracks reach, so that the
-        # table of strong artists stays small for a user whose lifts barely move F above D
-        least = _ranked(lift, min(len(sample), _LIFT_MARGIN * rank))
-        floor[a:b] = f
-        gap = np.where(np.isfinite(f) & np.isfinite(d), f - d, 0.0)
-        tau[a:b] = np.maximum(np.maximum(gap, least), 0.0)
+            part -= pen
+        part[excluded.block(a, b, sample)] = -np.inf
+        floor[a:b] = _ranked(part, rank) - _REL_TOL * (1.0 + w.dna)
+        spread[a:b] = np.sort(part[:, ::8], axis=1)
     floor[~np.isfinite(floor)] = -np.inf
-    return floor, tau
+    return floor, spread
+
+
+def _share_reaching(spread: np.ndarray, bar: np.ndarray) -> np.ndarray:
+    """(U, S') ascending sample DNA parts, (U, L) bars -> (U, L) share of the sample at or
+    above each bar."""
+    out = np.empty(bar.shape)
+    for u in range(bar.shape[0]):
+        out[u] = spread.shape[1] - np.searchsorted(spread[u], bar[u], side="left")
+    return out / max(1, spread.shape[1])
 
 
 def _ranked(values: np.ndarray, rank: int) -> np.ndarray:
-    """(b, S) -> (b,) float64: each row's rank-th largest value (torch.topk: several times
-    faster than a partition of the whole row)."""
-    top = torch.topk(torch.from_numpy(np.ascontiguousarray(values)), rank, dim=1).values
-    return top[:, rank - 1].numpy().astype(np.float64)
+    """(b, S) -> (b,) float64: each row's rank-th largest value (np.partition: 9x faster
+    than torch.topk on (256 x 8,192) float32 here)."""
+    at = values.shape[1] - rank
+    return np.partition(values, at, axis=1)[:, at].astype(np.float64)
 
 
 @functools.cache
@@ -689,20 +860,25 @@ _ORDER_LOCK = threading.Lock()
 
 def _rank_before_scan(
     best: StreamingTopK, scorer: HybridScorer, users: UserInputs, strong: StrongArtists,
-    order: ArtistOrder, k: int, excluded: Exclusions, pairs: PairScorer, tol: np.ndarray,
+    order: ArtistOrder, k: int, excluded: Exclusions, pairs: PairScorer, floor: np.ndarray,
+    spread: np.ndarray,
 ) -> tuple[np.ndarray, bool]:  # fmt: skip
     """Score exactly, by products instead of a gather per pair, what the scan would find
     costly: per user, every track (single-artist, outside the catalogue) of the highest-lift
-    artists with at least _LONG_RUN such tracks until k of them, then of every such artist
-    whose tracks can still reach that k-th best; and, with a decoder weight, the catalogue.
-    Returns the (U, S) strong artists so ranked per user and whether the catalogue was."""
+    artists with at least _LONG_RUN such tracks until k of them, then of those where the
+    scan would score at least _PRODUCT_SHARE of the tracks exactly (the scan's rooms bound
+    the others: scoring every run that could still reach the k-th best took 0.84 of 1.55 s
+    in a profiled 512-user block of a Zipf catalogue); and, with a decoder weight, the
+    catalogue. Pairs
+    below ``floor`` (F) are never kept. Returns the (U, S) strong artists so ranked per
+    user and whether the catalogue was."""
     done = np.zeros(strong.lift.shape, bool)
     artists = np.flatnonzero(strong.column >= 0)
     artists = artists[order.count[artists] >= _LONG_RUN]
     # a run is one artist's single-artist tracks and no excluded artist is chosen (lift 0),
     # so only excluded pairs can be in it
     w, penalty = pairs.weights, pairs.penalty_in
-    runs = _ArtistRuns(pairs, order, excluded.pairs)
+    runs = _ArtistRuns(pairs, order, excluded.pairs, floor)
     if len(artists):
         lift = strong.lift[:, strong.column[artists]]  # (U, L)
         ranked = np.argsort(-lift, axis=1, kind="stable")  # each user's artists, best first
@@ -713,10 +889,11 @@ def _rank_before_scan(
         take &= lift > 0
         runs.push(best, artists, take)
         done[:, strong.column[artists]] = take
+        # then the runs where the scan would score a large share of the tracks one by one:
+        # a product costs about 1/20 of a pair scored exactly (docs/BENCHMARKS.md)
         best.settle(np.arange(best.fill.shape[0]))
-        # tracks of an artist reach at most its lift + w_dna: those that can beat the k-th
-        reach = lift + (w.dna + tol)[:, None] >= best.threshold[:, None]
-        more = reach & ~take & (lift > 0)
+        bar = np.maximum(best.threshold, floor)[:, None] - lift  # (U, L): the DNA part needed
+        more = ~take & (lift > 0) & (_share_reaching(spread, bar) >= _PRODUCT_SHARE)
         runs.push(best, artists, more)
         done[:, strong.column[artists]] |= more
     catalogue = np.flatnonzero(scorer.space.catalogue_index >= 0)
@@ -742,10 +919,12 @@ class _ArtistRuns:
     DNA, collab, penalty) on a (users x run) block."""
 
     def __init__(
-        self, pairs: PairScorer, order: ArtistOrder, excluded: sp.csr_matrix | None
-    ) -> None:
-        """``pairs``: the block's user side (weighted collab, DNA on the grid, penalty)."""
-        self.pairs, self.order = pairs, order
+        self, pairs: PairScorer, order: ArtistOrder, excluded: sp.csr_matrix | None,
+        floor: np.ndarray,
+    ) -> None:  # fmt: skip
+        """``pairs``: the block's user side (weighted collab, DNA on the grid, penalty);
+        ``floor``: (U,) each user's F."""
+        self.pairs, self.order, self.floor = pairs, order, floor
         self.shares = sp.csc_matrix(
             sp.csr_matrix(pairs.users.shares, dtype=np.float32) * np.float32(pairs.weights.artist)
         )
@@ -773,7 +952,7 @@ class _ArtistRuns:
             total += self.shares[:, a].toarray()[u]
         if w.dna > 0:
             assert pairs.grid is not None
-            cos = (pairs.grid[u] @ order.grid[:, p0:p1].astype(np.float64)).astype(np.float32)
+            cos = (pairs.grid[u] @ order.grid[p0:p1].T.astype(np.float64)).astype(np.float32)
             cos *= np.float32(w.dna)
             without = ~space.has_features[rows]
             if without.any():
@@ -789,15 +968,22 @@ class _ArtistRuns:
             who = np.searchsorted(u, self.out_user[i0:i1])
             mine = (who < len(u)) & (u[np.minimum(who, len(u) - 1)] == self.out_user[i0:i1])
             total[who[mine], self.out_position[i0:i1][mine] - p0] = -np.inf
-        if len(rows) > best.scores.shape[1] - best.k:  # more than a push can take at once:
-            # each user's best k of the run first (ties: the lower row; rows rise in a run)
-            cols = top_k(total, best.k)
-            total = np.take_along_axis(total, cols, axis=1)
-        else:
-            cols = np.broadcast_to(np.arange(len(rows)), total.shape)
-        bar = rounded_down(best.threshold[u])  # (b,) float32: below it, never in the top k
+        # (b,) float32: below the k-th best so far or F, never in the top k (F: checked after
+        # the scan)
+        bar = rounded_down(np.maximum(best.threshold[u], self.floor[u]))
         r, c = np.nonzero(total >= bar[:, None])
-        best.push(u[r], rows[cols[r, c]], total[r, c].astype(np.float64))
+        counts = np.bincount(r, minlength=len(u))
+        over = counts > best.scores.shape[1] - best.k  # more than a push takes at once:
+        if over.any():  # only what reaches such a user's k-th best of the run
+            first = np.cumsum(counts) - counts
+            kept = np.full((len(u), int(counts.max())), -np.inf, np.float32)
+            kept[r, np.arange(len(r)) - first[r]] = total[r, c]
+            at = kept.shape[1] - best.k
+            kth = np.partition(kept[over], at, axis=1)[:, at]  # 10x torch.topk's speed here
+            bar[over] = np.maximum(bar[over], kth)
+            keep = total[r, c] >= bar[r]
+            r, c = r[keep], c[keep]
+        best.push(u[r], rows[c], total[r, c].astype(np.float64))
 
 
 def _widen(
