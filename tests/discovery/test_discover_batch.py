@@ -266,7 +266,6 @@ def test_a_block_ranked_in_threads_is_ranked_as_in_one_call(monkeypatch, pruned:
     monkeypatch.setattr(hs, "N_USERS", 150)  # 128 + 22 users: two threads
     monkeypatch.setattr(hybrid_scan, "_SAMPLE", 2048)
     monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0 if pruned else 10**9)
-    monkeypatch.setattr(hybrid_scan, "_MIN_RUN", 0)
     monkeypatch.setattr(dmod, "workers", lambda: 2)
     scorer, inputs = hs._scorer_and_inputs(2, True, 30)
     artists = sp.csr_matrix(inputs.history @ scorer.space.artists)  # --new-artists as well
