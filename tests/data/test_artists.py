@@ -57,6 +57,10 @@ def test_artist_matrix_known_answer_and_fixed_vocabulary() -> None:
     assert list(vocab2) == ["c", "a", "z"]
     np.testing.assert_array_equal(m2.toarray(), [[0, 1, 0], [0, 0, 0], [0, 0, 0], [1, 1, 0]])
     assert m2.dtype == np.float32
+    vocab3, m3 = artist_matrix([("Ｂ ", "x"), (), ("b",), (" B",)])  # one key, names apart
+    assert list(vocab3) == ["b", "x"] and m3[:, 0].toarray().ravel().tolist() == [1, 0, 1, 1]
+    vocab4, m4 = artist_matrix([(), ()])  # no credit at all
+    assert len(vocab4) == 0 and m4.shape == (2, 0)
 
 
 def _tracks(path: Path, artists: list[str] | None) -> Path:

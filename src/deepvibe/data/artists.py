@@ -89,7 +89,9 @@ def artist_matrix(
     """
     lists = list(artist_lists)
     lengths = np.fromiter((len(a) for a in lists), dtype=np.int64, count=len(lists))
-    keys = np.array([artist_key(n) for names in lists for n in names], dtype=object)
+    names = np.array([n for credits in lists for n in credits], dtype=object)
+    codes, distinct = pd.factorize(names, sort=False)  # each distinct name normalised once
+    keys = np.array([artist_key(n) for n in distinct], dtype=object)[codes]
     rows = np.repeat(np.arange(len(lists), dtype=np.int64), lengths)
     if vocabulary is None:
         cols, uniques = pd.factorize(keys, sort=False)
