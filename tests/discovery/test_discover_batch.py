@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 from typer.testing import CliRunner
 
 from conftest import small_config
@@ -253,36 +252,3 @@ def test_block_bounds_cover_every_user_once_with_a_short_last_block(
     regular = -(-n_users // size)  # blocks of `size` users
     last = n_users - (regular - 1) * size
     assert len(bounds) == regular + (last >= 2 * dmod._MIN_TAIL)  # a long last block: halved
-
-
-@pytest.mark.parametrize("pruned", [True, False])
-def test_a_block_ranked_in_threads_is_ranked_as_in_one_call(monkeypatch, pruned: bool) -> None:
-    """The hybrid block split between two threads (whole tiles each) gives each user the rows
-    and float32 scores one rank_database call over the whole block gives."""
-    import test_hybrid_scan as hs
-
-    from deepvibe.discovery import hybrid_scan
-
-    monkeypatch.setattr(hs, "N_USERS", 150)  # 128 + 22 users: two threads
-    monkeypatch.setattr(hybrid_scan, "_SAMPLE", 2048)
-    monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0 if pruned else 10**9)
-    monkeypatch.setattr(dmod, "workers", lambda: 2)
-    scorer, inputs = hs._scorer_and_inputs(2, True, 30)
-    artists = sp.csr_matrix(inputs.history @ scorer.space.artists)  # --new-artists as well
-    artists.data[:] = 1.0
-    sizes: list[int] = []
-
-    def spy(scorer, users, *rest):  # noqa: ANN001, ANN002, ANN202
-        sizes.append(users.dna.shape[0])
-        return hybrid_scan.rank_database(scorer, users, *rest)
-
-    monkeypatch.setattr(dmod, "rank_database", spy)
-    for excluded_artists in (None, artists):
-        args = (scorer, inputs, 60, inputs.history, None, 4096, None, excluded_artists)
-        want_rows, want_scores = hybrid_scan.rank_database(*args)
-        sizes.clear()
-        rows, scores = dmod._rank_in_threads(*args)
-        assert sorted(sizes) == [22, 128]
-        np.testing.assert_array_equal(rows, want_rows)
-        assert scores.tobytes() == want_scores.tobytes()
-        assert np.isfinite(want_scores[:, :30]).all()

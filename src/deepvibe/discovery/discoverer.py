@@ -61,8 +61,6 @@ from deepvibe.discovery.scan import (
     check_database,
     scan,
     single_threaded_blas,
-    worker_limit,
-    workers,
 )
 from deepvibe.discovery.signals import (
     TILE,
@@ -408,7 +406,7 @@ class Discoverer:
         if mode.startswith("gems"):
             penalty = gems_penalty(space.popularity, s.gems_lambda, s.popularity_ceiling)
         weights = self.new_artist_weights if "new-artists" in mode else None
-        rows, scores = _rank_in_threads(
+        rows, scores = rank_database(
             scorer, inputs, n, history, penalty, s.chunk_size, weights, artists
         )
         found = np.isfinite(scores) & inputs.usable[:, None]
@@ -467,34 +465,6 @@ class Discoverer:
             raw = self.scaler.inverse(self.track_features.astype(np.float64))
             self._catalogue_quantiles = np.quantile(raw, _QUANTILES, axis=0).T
         return percentiles_from_quantiles(self._catalogue_quantiles, raw_values)
-
-
-def _rank_in_threads(
-    scorer: HybridScorer, inputs: UserInputs, n: int, history: sp.csr_matrix,
-    penalty: np.ndarray | None, chunk: int, weights: HybridWeights | None,
-    artists: sp.csr_matrix | None,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """:func:`rank_database` of the block, its users split in whole tiles between threads,
-    each ranking its share from end to end (its sample floor, strong artists, products
-    before the scan, scan and any rank_space). About half of that work runs outside the
-    scan's own threads; a user's result does not depend on the other users ranked with it."""
-    n_users = inputs.dna.shape[0]
-    parts = min(workers(), n_users // TILE)
-    if parts < 2:
-        return rank_database(scorer, inputs, n, history, penalty, chunk, weights, artists)
-    per = -(-n_users // parts // TILE) * TILE  # whole tiles: the place in a tile is kept
-
-    def rank(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        with worker_limit(1):
-            return rank_database(
-                scorer, inputs.select(np.arange(a, b)), n, history[a:b], penalty, chunk,
-                weights, None if artists is None else artists[a:b],
-            )  # fmt: skip
-
-    bounds = [(a, min(a + per, n_users)) for a in range(0, n_users, per)]
-    with ThreadPoolExecutor(len(bounds)) as pool:
-        parts_out = [job.result() for job in [pool.submit(rank, a, b) for a, b in bounds]]
-    return np.concatenate([r for r, _ in parts_out]), np.concatenate([s for _, s in parts_out])
 
 
 def block_bounds(n_users: int, size: int, granule: int = 1) -> list[tuple[int, int]]:

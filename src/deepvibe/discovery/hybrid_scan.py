@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -59,6 +59,7 @@ from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, ran
 from deepvibe.ranking.topk import StreamingTopK
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _SAMPLE = 8192  # space rows behind each user's F
 _MARGIN = 3  # F aims at _MARGIN * k tracks, so falling short of k is rare
@@ -612,7 +613,7 @@ def _pruned(
     def before_scan(a: int, b: int) -> tuple[np.ndarray, bool, np.ndarray, tuple]:
         """Step 3 and the rooms of users a:b (one worker thread's share)."""
         which = np.arange(a, b)
-        mine = _user_rows(users, a, b)
+        mine = users.select(slice(a, b))  # views: select by index would copy 40 MB of collab
         sub = StrongArtists(strong.lift[a:b], strong.column)
         best = StreamingTopK(b - a, k, ordered=False)
         done, catalogue_done = _rank_before_scan(
@@ -645,16 +646,6 @@ def _pruned(
     return scan(
         SpaceChunks(hybrid.order), hybrid, k, chunk, progress=False, floor=start_floor,  # type: ignore[arg-type]
         seed=(e_rows, e_scores),
-    )  # fmt: skip
-
-
-def _user_rows(users: UserInputs, a: int, b: int) -> UserInputs:
-    """Users a:b, dense inputs as views (UserInputs.select copies: 40 MB of collab scores for
-    512 users of a 20,000-artist model)."""
-    return UserInputs(
-        users.dna[a:b], users.dna_raw[a:b], users.shares[a:b],
-        None if users.collab is None else users.collab[a:b], users.decoder_z[a:b],
-        users.history[a:b], users.usable[a:b],
     )  # fmt: skip
 
 
@@ -776,11 +767,7 @@ def _collab_cap(collab: np.ndarray) -> np.ndarray:
 
 
 def _segments(scorer: HybridScorer, order: ArtistOrder) -> Segments:
-    out = getattr(scorer, "_segments", None)
-    if out is None:
-        out = Segments.of(scorer, order)
-        scorer._segments = out  # type: ignore[attr-defined]
-    return out
+    return _kept_on(scorer, "_segments", lambda: Segments.of(scorer, order))
 
 
 def _floor(
@@ -846,16 +833,17 @@ def _max_row(matrix: sp.csr_matrix) -> np.ndarray:
     return np.zeros(matrix.shape[0]) if out is None else out.astype(np.float64)
 
 
+def _kept_on(scorer: HybridScorer, name: str, build: Callable[[], T]) -> T:
+    """``build()``, made once per scorer (one space) and kept on it for every block."""
+    out = getattr(scorer, name, None)
+    if out is None:
+        out = build()
+        setattr(scorer, name, out)
+    return out
+
+
 def _artist_order(scorer: HybridScorer) -> ArtistOrder:
-    with _ORDER_LOCK:  # blocks ranked in several threads build it once
-        order = getattr(scorer, "_artist_order", None)
-        if order is None:
-            order = ArtistOrder.of(scorer.space)
-            scorer._artist_order = order  # type: ignore[attr-defined]
-    return order
-
-
-_ORDER_LOCK = threading.Lock()
+    return _kept_on(scorer, "_artist_order", lambda: ArtistOrder.of(scorer.space))
 
 
 def _rank_before_scan(

@@ -27,7 +27,6 @@ import functools
 import itertools
 import logging
 import os
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,9 +49,8 @@ _MAX_WORKERS = 8
 _MIN_USERS_PER_WORKER = 64
 _PAIR_PIECE = 1 << 18  # (user, track) pairs scored exactly at once
 _SAMPLE = 16_384  # database rows behind each user's estimated floor
-_MARGIN = (
-    2  # the floor aims at _MARGIN * k tracks: falling short of k is rare (about 1 user in 10^4)
-)
+# the floor aims at _MARGIN * k tracks: falling short of k is rare (about 1 user in 10^4)
+_MARGIN = 2
 _SIM_TOLERANCE = 4e-6  # bound on |float32 - exact| similarity of two unit 12-vectors, with margin
 
 
@@ -353,29 +351,12 @@ class _UserGroup:
                     self.best.push(rows + local.start, ids, exact)
 
 
-_LIMIT = threading.local()  # a thread's own cap on the threads its scans start
-
-
 def workers() -> int:
-    """Threads a scan starts: the usable cores (at most ``_MAX_WORKERS``), or the cap that
-    :func:`worker_limit` set in this thread."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, _MAX_WORKERS, getattr(_LIMIT, "n", _MAX_WORKERS)))
-
-
-@contextlib.contextmanager
-def worker_limit(n: int) -> Iterator[None]:
-    """Scans started in this thread use at most ``n`` threads (callers that already run
-    several scans side by side)."""
-    before = getattr(_LIMIT, "n", _MAX_WORKERS)
-    _LIMIT.n = max(1, int(n))
-    try:
-        yield
-    finally:
-        _LIMIT.n = before
+    return max(1, min(cores, _MAX_WORKERS))
 
 
 @contextlib.contextmanager

@@ -136,8 +136,9 @@ class UserInputs:
     history: sp.csr_matrix  # (U, n) binary: the users' history over the space
     usable: np.ndarray  # (U,) bool: something to score by (features, artists or catalogue)
 
-    def select(self, which: np.ndarray) -> UserInputs:
-        """The users ``which`` (an index array), in that order."""
+    def select(self, which: np.ndarray | slice) -> UserInputs:
+        """The users ``which`` (an index array, in that order; or a slice, whose dense
+        inputs are views, not copies)."""
         return UserInputs(
             self.dna[which], self.dna_raw[which], self.shares[which],
             None if self.collab is None else self.collab[which], self.decoder_z[which],

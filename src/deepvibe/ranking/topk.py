@@ -126,15 +126,11 @@ class StreamingTopK:
         """Keep only the k best of each of ``rows`` and raise their thresholds."""
         if len(rows) == 0:
             return
-        width = int(self.fill[rows].max())
-        scores, ids = self.scores[rows, :width], self.ids[rows, :width]
-        cols = top_k(scores, self.k, ids)  # empty slots are -inf: they come last
-        kept_scores = np.take_along_axis(scores, cols, axis=1)
-        kept_ids = np.take_along_axis(ids, cols, axis=1)
+        kept_scores, kept_ids = self._best(rows)
         self.scores[rows] = -np.inf
         self.ids[rows] = _NO_ID
-        self.scores[rows, : cols.shape[1]] = kept_scores
-        self.ids[rows, : cols.shape[1]] = kept_ids
+        self.scores[rows, : kept_scores.shape[1]] = kept_scores
+        self.ids[rows, : kept_ids.shape[1]] = kept_ids
         self.fill[rows] = np.minimum(self.fill[rows], self.k)
         has_k = self.fill[rows] >= self.k
         if has_k.any():
@@ -143,12 +139,17 @@ class StreamingTopK:
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores), each (n_rows, k), best first; a row with fewer than k candidates is
         padded with id -1 and score -inf."""
-        width = max(int(self.fill.max(initial=0)), 1)
-        scores, ids = self.scores[:, :width], self.ids[:, :width]  # views: buffers left as is
-        cols = top_k(scores, self.k, ids)  # empty slots are -inf: they come last
+        kept_scores, kept_ids = self._best(slice(None))  # the buffers left as they are
         out_scores = np.full((len(self.fill), self.k), -np.inf)
         out_ids = np.full((len(self.fill), self.k), -1, dtype=np.int64)
-        out_scores[:, : cols.shape[1]] = np.take_along_axis(scores, cols, axis=1)
-        out_ids[:, : cols.shape[1]] = np.take_along_axis(ids, cols, axis=1)
+        out_scores[:, : kept_scores.shape[1]] = kept_scores
+        out_ids[:, : kept_ids.shape[1]] = kept_ids
         out_ids[~np.isfinite(out_scores)] = -1
         return out_ids, out_scores
+
+    def _best(self, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the up to k best kept entries of ``rows``, best first."""
+        width = max(int(self.fill[rows].max(initial=0)), 1)
+        scores, ids = self.scores[rows, :width], self.ids[rows, :width]  # a slice: views
+        cols = top_k(scores, self.k, ids)  # empty slots are -inf: they come last
+        return np.take_along_axis(scores, cols, axis=1), np.take_along_axis(ids, cols, axis=1)
