@@ -82,3 +82,38 @@ def test_streaming_top_k_keeps_memory_bounded() -> None:
     assert ids[0].tolist() == list(range(20_000, 20_010)) and (best[0] == 9.0).all()
     with pytest.raises(ValueError, match="more than k"):
         StreamingTopK(1, 10, 10)
+
+
+def test_unordered_streaming_top_k_with_settles_equals_dense() -> None:
+    """ids in any order, ties across pieces, compactions (which keep the k best unsorted) and
+    settles in between: the same k as a full sort, and each settle's bar the k-th best so far."""
+    rng = np.random.default_rng(2)
+    n_rows, n, k = 12, 600, 30
+    scores = np.round(rng.normal(size=(n_rows, n)), 1)  # many ties
+    scores[5, :] = 1.0  # a row of nothing but ties
+    scores[7, 20:] = -np.inf  # a row with fewer than k candidates
+    order = rng.permutation(n)  # ids arrive in no order
+    stream = StreamingTopK(n_rows, k, k + 13, ordered=False)
+    for i, start in enumerate(range(0, n, 45)):
+        cols = order[start : start + 45]
+        block = scores[:, cols]
+        rows, at = np.nonzero(np.isfinite(block))
+        stream.push(rows, cols[at], block[rows, at])
+        if i % 3 == 1:
+            stream.settle(np.arange(n_rows))
+            seen = np.full((n_rows, n), -np.inf)
+            seen[:, order[: start + 45]] = scores[:, order[: start + 45]]
+            kth = -np.sort(-seen, axis=1)[:, k - 1]
+            assert np.array_equal(stream.threshold, kth)
+    ids, best = stream.result()
+    want = _reference(scores, k)
+    for r in range(n_rows):
+        finite = np.isfinite(best[r])
+        assert ids[r, finite].tolist() == want[r, : finite.sum()].tolist()
+    assert ids[5].tolist() == list(range(k))  # all tied: the lowest ids
+    assert (ids[7, 20:] == -1).all() and np.isfinite(best[7, :20]).all()
+    kept_ids, kept_scores = stream.kept()  # the same k, unsorted
+    for r in range(n_rows):
+        kept = sorted(zip(kept_ids[r], kept_scores[r], strict=True))
+        assert kept == sorted(zip(ids[r], best[r], strict=True))
+    assert np.array_equal(kept_scores.min(axis=1), best[:, -1])

@@ -72,7 +72,7 @@ _LONG_RUN = 256  # an artist with this many tracks is scored by a product before
 _SEGMENT = 256  # scan positions sharing one lift room per user (see _segment_rooms)
 _EXCESS = 256  # per user, about this many collab artists get their own room; c_u the rest
 _EXCESS_SHARES = 32  # per user, this many share artists get their own room
-_POWER = 16  # the p of _most's p-norm
+_POWER = 16  # the p of _add_most's p-norm
 _PRODUCT_SHARE = 0.05  # step 3 scores a run by a product if the scan would score this share
 _EXCESS_SAMPLE = 1024  # ArtistCF columns behind each user's c_u
 
@@ -610,7 +610,7 @@ def _pruned(
     n_groups = max(1, min(workers(), n_users // _MIN_GROUP))
     bounds = np.linspace(0, n_users, n_groups + 1).astype(int)
 
-    def before_scan(a: int, b: int) -> tuple[np.ndarray, bool, np.ndarray, tuple]:
+    def before_scan(a: int, b: int) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray, tuple]:
         """Step 3 and the rooms of users a:b (one worker thread's share)."""
         which = np.arange(a, b)
         mine = users.select(slice(a, b))  # views: select by index would copy 40 MB of collab
@@ -625,20 +625,21 @@ def _pruned(
             done[banned[0][here] - a, banned[1][here]] = True
         artists = None if out.artists is None else out.artists[a:b]
         rooms = _segment_rooms(scorer, mine, w, order, sub, done, artists, catalogue_done)
-        return done, catalogue_done, rooms, best.result()
+        top = np.max(rooms, axis=1, where=np.isfinite(rooms), initial=0.0)
+        return done, catalogue_done, rooms, top, best.kept()  # the scan's seed: in no order
 
     with single_threaded_blas(), ThreadPoolExecutor(n_groups) as pool:
         parts = list(pool.map(before_scan, bounds[:-1], bounds[1:]))
     done = np.concatenate([p[0] for p in parts])
     catalogue_done = parts[0][1]
     rooms = np.concatenate([p[2] for p in parts])
-    e_rows = np.concatenate([p[3][0] for p in parts])
-    e_scores = np.concatenate([p[3][1] for p in parts])
-    top = np.where(np.isfinite(rooms), rooms, 0.0).max(axis=1, initial=0.0)
+    top = np.concatenate([p[3] for p in parts])
+    e_rows = np.concatenate([p[4][0] for p in parts])
+    e_scores = np.concatenate([p[4][1] for p in parts])
     tol = _REL_TOL * (1.0 + np.abs(floor) + w.dna + largest + 2.0 * top)
     if penalty is not None:
         tol += _REL_TOL * float(np.abs(penalty[np.isfinite(penalty)]).max(initial=0.0))
-    start_floor = np.maximum(floor, e_scores[:, -1])  # their k-th best: a true lower bound
+    start_floor = np.maximum(floor, e_scores.min(axis=1))  # their k-th best: a lower bound
     hybrid = HybridChunkScorer(
         scorer, users, w, penalty, out, pairs, tol, rooms, strong, order, done, catalogue_done,
         start_floor,
@@ -697,9 +698,11 @@ def _segment_rooms(
         # a track's share part: the sum of its artists' shares, its most prolific artist's
         # and at most `credits` - 1 others'
         rooms += np.where(segments.credits > 0, 1.0, 0.0) * cap[:, None]
-        rooms += _most(excess, segments.first)
+        _add_most(rooms, excess, segments.first)
         others = np.maximum(segments.credits - 1.0, 0.0)
-        rooms += others * (cap[:, None] + _most(excess, segments.second))
+        if others.any():
+            rooms += others * cap[:, None]
+            _add_most(rooms, excess, segments.second, others)
     if w.collab > 0 and users.collab is not None and segments.cf is not None:
         collab = np.asarray(users.collab, np.float32)
         cap32 = _collab_cap(collab)  # (U,) float32
@@ -709,7 +712,7 @@ def _segment_rooms(
             shape=collab.shape,
         )
         rooms += np.outer(w.collab * cap32.astype(np.float64), segments.has_cf)
-        rooms += _most(excess, segments.cf)  # a track's collab part: its artists' largest
+        _add_most(rooms, excess, segments.cf)  # a track's collab part: its artists' largest
     ranked = np.flatnonzero(strong.column >= 0)[np.argsort(strong.column[strong.column >= 0])]
     u, c = np.nonzero(done)  # (user, strong column) ranked before the scan
     skip = sp.csr_matrix((np.ones(len(u)), (u, ranked[c])), shape=(n_users, segments.pure.shape[0]))
@@ -721,17 +724,27 @@ def _segment_rooms(
     return rooms
 
 
-def _most(values: sp.csr_matrix, incidence: sp.csr_matrix) -> np.ndarray:
-    """(U, X) values >= 0, (X, G) 0/1 -> (U, G): at least the largest value of each user over
-    each segment's columns, by one sparse product: max x <= (sum x^p)^(1/p), at most
-    n^(1/p) times the largest of n values (``_POWER`` 16: 1.28 for 50), a maximum where
-    a product gives sums."""
+def _add_most(
+    rooms: np.ndarray, values: sp.csr_matrix, incidence: sp.csr_matrix,
+    factor: np.ndarray | None = None,
+) -> None:  # fmt: skip
+    """rooms (U, G) += at least the largest of each user's values (U, X) >= 0 over each
+    segment's columns (incidence (X, G) 0/1), times ``factor`` (G,), by one sparse product:
+    max x <= (sum x^p)^(1/p), at most n^(1/p) times the largest of n values (``_POWER`` 16:
+    1.28 for 50), a maximum where a product gives sums. Only the product's nonzeros are
+    touched: most (user, segment) pairs have none (two thirds on the toy database), and a
+    root of every cell cost as much as the rest of the rooms."""
     values = sp.csr_matrix(values, copy=True)
     owner = np.repeat(np.arange(values.shape[0]), np.diff(values.indptr))
     scale = np.zeros(values.shape[0])
     np.maximum.at(scale, owner, values.data)
     values.data = (values.data / scale[owner]) ** _POWER  # in (0, 1]: no overflow
-    return np.asarray((values @ incidence).todense()) ** (1.0 / _POWER) * scale[:, None]
+    sums = sp.csr_matrix(values @ incidence)  # no duplicates: one entry per (user, segment)
+    user = np.repeat(np.arange(sums.shape[0]), np.diff(sums.indptr))
+    most = sums.data ** (1.0 / _POWER) * scale[user]
+    if factor is not None:
+        most *= factor[sums.indices]
+    rooms.reshape(-1)[user * rooms.shape[1] + sums.indices] += most
 
 
 def _share_excess(shares: sp.csr_matrix) -> tuple[np.ndarray, sp.csr_matrix]:
@@ -927,17 +940,26 @@ class _ArtistRuns:
     def push(self, best: StreamingTopK, artists: np.ndarray, chosen: np.ndarray) -> None:
         """Score the runs of ``artists[j]`` for the users with ``chosen[:, j]`` (U, L); only
         scores that can enter a user's best k are pushed."""
-        for j in np.flatnonzero(chosen.any(axis=0)):
-            self._push_run(best, int(artists[j]), np.flatnonzero(chosen[:, j]))
+        picked = np.flatnonzero(chosen.any(axis=0))
+        # (U, J) float32 weighted shares of the runs' artists: one column lookup for all
+        shares = (
+            self.shares[:, artists[picked]].toarray() if self.pairs.weights.artist > 0 else None
+        )
+        for i, j in enumerate(picked):
+            share = None if shares is None else shares[:, i : i + 1]
+            self._push_run(best, int(artists[j]), np.flatnonzero(chosen[:, j]), share)
 
-    def _push_run(self, best: StreamingTopK, a: int, u: np.ndarray) -> None:
+    def _push_run(
+        self, best: StreamingTopK, a: int, u: np.ndarray, share: np.ndarray | None
+    ) -> None:
+        """``share``: (U, 1) every user's weighted share of artist ``a`` (None: no share part)."""
         pairs, order, space = self.pairs, self.order, self.pairs.space
         w = pairs.weights
         p0, p1 = int(order.first[a]), int(order.first[a] + order.count[a])
         rows = order.rows[p0:p1]
         total = np.zeros((len(u), len(rows)), np.float32)
-        if w.artist > 0:
-            total += self.shares[:, a].toarray()[u]
+        if share is not None:
+            total += share[u]
         if w.dna > 0:
             assert pairs.grid is not None
             cos = (pairs.grid[u] @ order.grid[p0:p1].T.astype(np.float64)).astype(np.float32)
