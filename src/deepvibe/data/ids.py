@@ -53,3 +53,10 @@ def normalize_track_ids(values: Iterable[object] | pd.Series | np.ndarray) -> np
     rest = ~(bare | uri)
     norm[rest] = [_normalise_one(u) for u in raw[rest]]
     return norm.to_numpy(dtype=object)[codes]
+
+
+def id_index(ids: Iterable[object] | np.ndarray | pd.Index) -> pd.Index:
+    """Ids (track or user) as a hash index of Python strings, for ``get_indexer`` lookups on
+    both sides (``id_index(known).get_indexer(id_index(wanted))``). pandas 3 would copy them
+    into Arrow strings first: 3x slower for 1,000,000 ids, and again on every lookup."""
+    return pd.Index(np.asarray(ids, dtype=object), dtype=object)

@@ -38,6 +38,7 @@ import scipy.sparse as sp
 
 from deepvibe.config import Config, DiscoverConfig, config_from_dict
 from deepvibe.data.artists import split_artist_column
+from deepvibe.data.ids import id_index
 from deepvibe.data.tables import FeatureScaler, TrackTable
 from deepvibe.discovery.database import TrackDatabase, percentiles_from_quantiles
 from deepvibe.discovery.dna import vibe_dna
@@ -120,7 +121,7 @@ class Discoverer:
         self.catalogue_meta = catalogue_meta or {}
         self.progress = progress
         self._catalogue_quantiles: np.ndarray | None = None
-        self._catalogue_index = pd.Index(self.track_ids)
+        self._catalogue_index = id_index(self.track_ids)
         # The hybrid score over the database (source db); None: the Vibe DNA alone ranks it.
         self.hybrid: HybridScorer | None = None
         self.new_artist_weights: HybridWeights | None = None  # fitted for --new-artists
@@ -378,7 +379,7 @@ class Discoverer:
         uniq, where = np.unique(rows[found], return_inverse=True)
         tracks = track_table(db.take_arrow(uniq))  # one metadata read for the whole block
         ids = tracks.column("track_id").to_numpy(zero_copy_only=False)
-        code = pd.Index(batch.history_ids).get_indexer(ids)[where]  # hash lookups
+        code = id_index(batch.history_ids).get_indexer(id_index(ids))[where]  # hash lookups
         keep = ~_in_history(batch, users, code)
         score = scores[found][keep]
         pop = tracks.column("popularity").to_numpy(zero_copy_only=False).astype(np.float64)

@@ -75,6 +75,7 @@ _EXCESS_SHARES = 32  # per user, this many share artists get their own room
 _POWER = 16  # the p of _add_most's p-norm
 _PRODUCT_SHARE = 0.05  # step 3 scores a run by a product if the scan would score this share
 _EXCESS_SAMPLE = 1024  # ArtistCF columns behind each user's c_u
+_ROWS = 65_536  # positions ArtistOrder.of arranges at once
 
 
 @dataclass(frozen=True)
@@ -108,15 +109,20 @@ class ArtistOrder:
         n_artists = artists.shape[1]
         key = np.where(single, artist, n_artists)  # several or no artist: after the single
         key[space.catalogue_index >= 0] = n_artists + 1  # the catalogue: last
-        rows = np.lexsort((np.arange(len(space)), _primary(artists), key)).astype(np.int64)
+        # by key, then primary artist (-1 first), then row: one stable sort of one int64 key
+        rows = np.argsort(key * (n_artists + 1) + _primary(artists) + 1, kind="stable")
         count = np.bincount(key[rows], minlength=n_artists + 2)[:n_artists].astype(np.int64)
-        units = np.ascontiguousarray(space.units[rows].T)
+        n, f = space.units.shape
+        units, grid = np.empty((f, n), np.float32), np.empty((n, f), np.float32)
+        for a in range(0, n, _ROWS):  # temporaries that stay in cache (whole: 3x the time)
+            here = space.units[rows[a : a + _ROWS]]
+            units[:, a : a + _ROWS] = here.T
+            grid[a : a + _ROWS] = on_grid(here)
         position = np.empty(len(rows), np.int64)
         position[rows] = np.arange(len(rows))
         return cls(
-            rows, artist[rows], space.catalogue_index[rows].astype(np.int64), units,
-            on_grid(space.units[rows]).astype(np.float32), np.cumsum(count) - count, count,
-            position,
+            rows, artist[rows], space.catalogue_index[rows].astype(np.int64), units, grid,
+            np.cumsum(count) - count, count, position,
         )  # fmt: skip
 
 

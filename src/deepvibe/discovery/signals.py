@@ -24,6 +24,7 @@ import torch
 
 from deepvibe.config import DiscoverConfig
 from deepvibe.data.artists import artist_matrix
+from deepvibe.data.ids import id_index
 from deepvibe.data.tables import FeatureScaler, TrackTable
 from deepvibe.discovery.dna import on_grid, vibe_dna
 from deepvibe.discovery.hybrid import (
@@ -44,6 +45,7 @@ from deepvibe.ranking.topk import StreamingTopK, top_k
 
 TILE = 64  # users per model call and per scoring tile (padded: one fixed shape)
 SLICE = 16_384  # space rows per scoring tile: (TILE x SLICE) float32, 4 MiB per worker
+_ROWS = 65_536  # tracks standardised at once (one pass over 1,000,000: 0.5 s of page faults)
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,12 @@ class TrackSpace:
         if table.complete is not None:
             has &= np.asarray(table.complete, bool)
         z = np.zeros((n, raw.shape[1]), dtype=np.float32)
-        if raw.shape[1]:
-            z[has] = scaler.transform(raw[has]).astype(np.float32)
+        units = np.zeros_like(z)
+        for a in range(0, n if raw.shape[1] else 0, _ROWS):  # temporaries that stay in cache
+            b = min(a + _ROWS, n)
+            known = has[a:b]
+            z[a:b][known] = scaler.transform(raw[a:b][known]).astype(np.float32)
+            units[a:b] = unit_rows(z[a:b])  # row by row: the same as in one pass
         lists = table.artist_lists if table.artist_lists is not None else [()] * n
         keys, incidence = artist_matrix(lists)
         popularity = (
@@ -81,13 +87,13 @@ class TrackSpace:
         )
         return cls(
             track_ids=np.asarray(table.track_ids, dtype=object),
-            units=unit_rows(z),
+            units=units,
             standardised=z,
             has_features=has,
             artists=incidence.tocsr(),
             artist_keys=keys,
-            catalogue_index=pd.Index(np.asarray(catalogue_ids, dtype=object))
-            .get_indexer(table.track_ids)
+            catalogue_index=id_index(catalogue_ids)
+            .get_indexer(id_index(table.track_ids))
             .astype(np.int64),
             popularity=popularity,
             names=table.names,
@@ -98,12 +104,12 @@ class TrackSpace:
 
     def rows_of(self, track_ids: np.ndarray) -> np.ndarray:
         """Space row of each id, -1 where the space does not hold it (a hash lookup)."""
-        return self._index.get_indexer(np.asarray(track_ids, dtype=object))
+        return self._index.get_indexer(id_index(track_ids))
 
     @functools.cached_property
     def _index(self) -> pd.Index:
         """The ids' hash table, built once (a 1,000,000-id index takes 0.3 s)."""
-        return pd.Index(self.track_ids)
+        return id_index(self.track_ids)
 
     def to_space(self, plays: sp.csr_matrix, track_ids: np.ndarray) -> sp.csr_matrix:
         """(U, len(track_ids)) plays -> (U, n) over the space's rows; unknown tracks drop."""

@@ -15,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from deepvibe.config import DataConfig
+from deepvibe.data.ids import id_index
 from deepvibe.data.tables import (
     Interactions,
     TrackTable,
@@ -161,7 +162,8 @@ def align_users(
     wanted = wanted.unique()  # each user once, order kept
     ids, rows = inter.latest_rows(np.asarray(wanted, dtype=object))
     ids = np.asarray(ids, dtype=object)
-    column = pd.Index(catalogue_ids).get_indexer(inter.track_ids)  # (V,) -1: not in catalogue
+    # (V,) -1: not in catalogue
+    column = id_index(catalogue_ids).get_indexer(id_index(inter.track_ids))
     current = inter.matrix[rows].tocoo()
     keep = column[current.col] >= 0
     plays = sp.csr_matrix(
@@ -192,8 +194,8 @@ def _drop_unplaceable(
     """Leave out users with nothing to place them by; warn once; refuse when nobody is left."""
     empty = np.diff(batch.plays.indptr) == 0
     if database_ids is not None and empty.any():
-        in_db = (pd.Index(np.asarray(database_ids, dtype=object)).get_indexer(batch.history_ids)
-                 >= 0).astype(np.float32)  # fmt: skip
+        in_db = id_index(database_ids).get_indexer(id_index(batch.history_ids)) >= 0
+        in_db = in_db.astype(np.float32)
         empty &= np.asarray(batch.history_matrix @ in_db).ravel() == 0
         if empty.any():
             skipped = [str(u) for u in batch.users[empty]]
