@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from deepvibe.config import DataConfig
-from deepvibe.data.artists import artist_key, artist_matrix, split_artists
+from deepvibe.data.artists import artist_key, artist_matrix, split_artist_column, split_artists
 from deepvibe.data.catalogue import load_catalogue_features
 from deepvibe.data.tables import load_track_table
 from deepvibe.errors import DataError
@@ -69,6 +69,26 @@ def _tracks(path: Path, artists: list[str] | None) -> Path:
         frame["artists"] = artists
     frame.to_csv(path, index=False)
     return path
+
+
+def test_an_arrow_artist_column_splits_like_python_cells_into_the_same_matrix() -> None:
+    """The fast path (Arrow factorisation, one shared tuple per distinct cell, each read once
+    by artist_matrix) against cells split one by one into fresh tuples."""
+    cells = ["A, B", None, "['C', 'a']", "A, B", "", "D;E, F", "b", "A, B"]
+    arrow = pd.Series(cells, dtype="string[pyarrow]")
+    lists = split_artist_column(arrow)
+    assert lists == [split_artists(c) for c in cells]
+    assert lists[0] is lists[3]  # one tuple per distinct cell
+    fresh = [tuple(split_artists(c)) for c in cells]
+    keys, shared = artist_matrix(lists)
+    keys_fresh, alone = artist_matrix(fresh)
+    assert keys.tolist() == keys_fresh.tolist() == ["a", "b", "c", "d", "e, f"]
+    assert np.array_equal(shared.toarray(), alone.toarray())
+    assert shared.toarray()[[0, 2, 6]].tolist() == [
+        [1, 1, 0, 0, 0],
+        [1, 0, 1, 0, 0],
+        [0, 1, 0, 0, 0],
+    ]
 
 
 def test_track_table_carries_display_cells_and_artist_lists(tmp_path: Path) -> None:
