@@ -10,7 +10,9 @@
    same measure of the code at ``--baseline-rev`` (the per-user path before batch discovery),
    and a check that a sample of users gets the same report alone as in the batch. With
    ``--hybrid``: the hybrid score (``--source db``) against the DNA-only scan of the same
-   database, interleaved, as the ratio of time per user (wall and CPU).
+   database, interleaved, as the ratio of time per user (wall and CPU). ``--zipf-artists A``:
+   the database's tracks outside the catalogue credit A artists of Zipf sizes instead of the
+   toy's 800 of equal sizes.
 4. ``--many-users M``: peak RSS of ``deepvibe discover --all`` for M users (long format, about
    50 tracks each) of a toy model with a 10,000-track catalogue, in a fresh process.
 5. ``--big N``: peak memory of scans of an N-track cache written directly in chunks, in a
@@ -18,6 +20,8 @@
 
     python scripts/bench_discover.py --tracks 1000000 --batch 2000 --many-users 100000
     python scripts/bench_discover.py --tracks 1000000 --batch 2000 --hybrid --baseline-rev none
+    python scripts/bench_discover.py --tracks 1000000 --batch 2000 --hybrid --baseline-rev none \
+        --zipf-artists 50000
 """
 
 from __future__ import annotations
@@ -109,15 +113,42 @@ def deepvibe_scan(csv: Path, scaler: FeatureScaler, dna: np.ndarray, chunk: int)
     return db.take(hits[0].rows)["track_id"].to_numpy()
 
 
-def make_database(tmp: Path, n_tracks: int, users: int = 8) -> Path:
-    """Toy data with an ``n_tracks`` database, written under ``tmp/data``."""
+def make_database(tmp: Path, n_tracks: int, users: int = 8, zipf_artists: int = 0) -> Path:
+    """Toy data with an ``n_tracks`` database, written under ``tmp/data``; ``zipf_artists``:
+    the database's tracks outside the catalogue re-credited as by :func:`zipf_credits`."""
     t0 = time.perf_counter()
     toy = make_toy_data(users=users, tracks=500, db_tracks=n_tracks, groups=4, weeks=1, seed=0)
+    if zipf_artists:
+        outside = ~toy.database["track_id"].isin(toy.features["track_id"]).to_numpy()
+        names = zipf_credits(
+            np.random.default_rng(1), int(outside.sum()), zipf_artists,
+            toy.database["artists"].unique(),
+        )  # fmt: skip
+        toy.database.loc[outside, "artists"] = names
     paths = write_toy_data(tmp / "data", toy)
     csv = paths["database"]
     print(f"generated {users:,} users and {n_tracks:,} tracks ({csv.stat().st_size / 2**20:.0f} "
           f"MiB CSV) in {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
     return csv
+
+
+def zipf_credits(
+    rng: np.random.Generator, n_tracks: int, n_artists: int, known: np.ndarray
+) -> np.ndarray:
+    """(n,) artist cells shaped like a real catalogue's: ``n_artists`` artists (the toy's
+    ``known`` names among them, at random ranks, so the model's listeners know some) of Zipf
+    sizes (track counts ~ 1 / rank), 15% of tracks crediting a second artist ("A, B"); the
+    shape of ``scripts/bench_hybrid_scan.py``."""
+    fresh = [f"Zipf Artist {i}" for i in range(max(0, n_artists - len(known)))]
+    names = rng.permutation(np.array([*known, *fresh], dtype=object))
+    p = 1.0 / np.arange(1, len(names) + 1)
+    p /= p.sum()
+    first = names[rng.choice(len(names), n_tracks, p=p)]
+    second = names[rng.choice(len(names), n_tracks, p=p)]
+    two = (rng.random(n_tracks) < 0.15) & (second != first)
+    cells = first.copy()
+    cells[two] = first[two] + ", " + second[two]
+    return cells
 
 
 def bench_speed(csv: Path, chunk: int, repeat: int) -> dict[str, float]:
@@ -506,6 +537,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--hybrid", action="store_true",
         help="with --batch: also time the hybrid (--source db) against the DNA-only scan",
     )  # fmt: skip
+    ap.add_argument(
+        "--zipf-artists", type=int, default=0,
+        help="re-credit the database's tracks outside the catalogue to this many artists of "
+        "Zipf sizes (a real catalogue's shape; the toy gives 800 artists of equal sizes)",
+    )  # fmt: skip
     ap.add_argument("--check-users", type=int, default=20, help="users re-run alone")
     ap.add_argument("--many-users", type=int, default=0, help="users for the memory test")
     ap.add_argument("--big", type=int, default=None, help="tracks in the cache memory test")
@@ -544,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_discover_"))
     try:
         root = tmp / "run"
-        csv = make_database(root, args.tracks, users=max(8, args.batch))
+        csv = make_database(root, args.tracks, max(8, args.batch), args.zipf_artists)
         result["speed"] = bench_speed(csv, args.chunk, args.repeat)
         print(json.dumps(result["speed"], indent=1), flush=True)
         if "cli" in parts or "batch" in parts:
