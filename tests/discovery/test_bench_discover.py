@@ -40,3 +40,19 @@ def test_bench_discover_finds_a_long_table_user_whose_order_differs(tmp_path: Pa
         pd.DataFrame({"track_id": ids}).to_csv(tmp_path / "alone" / user / f"{user}_1.csv")
         pd.DataFrame({"x": [1]}).to_csv(tmp_path / "alone" / user / f"{user}_1_dna.csv")
     assert bench.same_long_table(tmp_path / "recs.parquet", tmp_path / "alone") == (1, 2)
+
+
+def test_zipf_credits_give_a_head_artist_a_long_tail_and_the_known_names() -> None:
+    import numpy as np
+
+    from deepvibe.data.artists import artist_matrix, split_artist_column
+
+    bench = _bench()
+    known = np.array([f"Artist {i}" for i in range(50)], dtype=object)
+    cells = bench.zipf_credits(np.random.default_rng(0), 200_000, 5_000, known)
+    keys, credits = artist_matrix(split_artist_column(list(cells)))
+    sizes = np.sort(np.asarray(credits.sum(axis=0)).ravel())[::-1]
+    assert sizes[0] > 100 * np.median(sizes)  # Zipf: a head and a long tail
+    assert 4_000 < len(keys) <= 5_000
+    assert 0.12 < np.mean(np.diff(credits.indptr) == 2) < 0.16  # 15% credit a second artist
+    assert {"artist 0", "artist 49"} <= set(keys)  # the toy's names among them

@@ -82,8 +82,9 @@ _ROWS = 65_536  # positions ArtistOrder.of arranges at once
 @dataclass(frozen=True)
 class ArtistOrder:
     """The space sorted for the scan: the single-artist tracks outside the catalogue artist by
-    artist (rows ascending within one), then the other tracks outside it, then the catalogue's
-    tracks (whose decoder part varies track by track)."""
+    artist (rows ascending within one; artists in :func:`_artist_rank` order), then the other
+    tracks outside it by their primary artist (:func:`_primary`), then the catalogue's tracks
+    (whose decoder part varies track by track)."""
 
     rows: np.ndarray  # (n,) int64: space row at each position
     artist: np.ndarray  # (n,) int64: the single artist at each position, -1 for the others
@@ -102,17 +103,25 @@ class ArtistOrder:
         return float(runs.mean()) if len(runs) else 0.0
 
     @classmethod
-    def of(cls, space: TrackSpace) -> ArtistOrder:
+    def of(cls, space: TrackSpace, favoured: np.ndarray | None = None) -> ArtistOrder:
+        """``favoured``: (A,) bool, artists whose tracks may get a lift for many users (the
+        ArtistCF vocabulary): a track crediting several artists sits with the multi-artist
+        tracks of its favoured artist when it has one (see _primary)."""
         artists = space.artists
         single = np.diff(artists.indptr) == 1
         artist = np.full(len(space), -1, np.int64)
         artist[single] = artists.indices[artists.indptr[:-1][single]]
         n_artists = artists.shape[1]
-        key = np.where(single, artist, n_artists)  # several or no artist: after the single
+        rank = _artist_rank(artists, favoured)
+        # single-artist runs in rank order (the favoured together), then the others
+        key = np.where(single, rank[np.maximum(artist, 0)], n_artists)
         key[space.catalogue_index >= 0] = n_artists + 1  # the catalogue: last
-        # by key, then primary artist (-1 first), then row: one stable sort of one int64 key
-        rows = np.argsort(key * (n_artists + 1) + _primary(artists) + 1, kind="stable")
-        count = np.bincount(key[rows], minlength=n_artists + 2)[:n_artists].astype(np.int64)
+        # by key, then the primary artist's rank (none first), then row: one stable sort
+        primary = _primary(artists, rank)
+        place = np.where(primary >= 0, rank[np.maximum(primary, 0)], -1)
+        rows = np.argsort(key * (n_artists + 1) + place + 1, kind="stable")
+        by_rank = np.bincount(key[rows], minlength=n_artists + 2)[:n_artists].astype(np.int64)
+        count, first = by_rank[rank], (np.cumsum(by_rank) - by_rank)[rank]  # by artist
         n, f = space.units.shape
         units, grid = np.empty((f, n), np.float32), np.empty((n, f), np.float32)
         for a in range(0, n, _ROWS):  # temporaries that stay in cache (whole: 3x the time)
@@ -123,18 +132,28 @@ class ArtistOrder:
         position[rows] = np.arange(len(rows))
         return cls(
             rows, artist[rows], space.catalogue_index[rows].astype(np.int64), units, grid,
-            np.cumsum(count) - count, count, position,
+            first, count, position,
         )  # fmt: skip
 
 
-def _primary(artists: sp.csr_matrix) -> np.ndarray:
-    """(n,) int64: each track's artist with the most tracks (the lower index on a tie; -1 for
-    none), so that the multi-artist tracks of one prolific artist sit together and a segment
-    of them credits few artists (see _segment_rooms)."""
+def _artist_rank(artists: sp.csr_matrix, favoured: np.ndarray | None = None) -> np.ndarray:
+    """(A,) int64 rank of each artist: the favoured first, then by track count, most first
+    (the lower index on a tie)."""
     n_tracks = np.bincount(artists.indices, minlength=artists.shape[1])
-    # rank of each artist by track count, most first: the lowest rank wins
+    first = np.zeros(artists.shape[1], bool) if favoured is None else np.asarray(favoured, bool)
     rank = np.empty(artists.shape[1], np.int64)
-    rank[np.lexsort((np.arange(artists.shape[1]), -n_tracks))] = np.arange(artists.shape[1])
+    rank[np.lexsort((np.arange(artists.shape[1]), -n_tracks, ~first))] = np.arange(len(rank))
+    return rank
+
+
+def _primary(artists: sp.csr_matrix, rank: np.ndarray | None = None) -> np.ndarray:
+    """(n,) int64: each track's artist of the lowest ``rank`` (default :func:`_artist_rank`:
+    the one with the most tracks; -1 for none), so that the multi-artist tracks of one artist
+    sit together and a segment of them credits few artists (see _segment_rooms). Ranking the
+    ArtistCF vocabulary first puts the tracks that can carry a collab part together: on a
+    catalogue of Zipf-sized artists, second credits of known artists scattered over the runs
+    of prolific ones made rooms for 38,000 of 49,000 exactly scored pairs per user."""
+    rank = _artist_rank(artists) if rank is None else rank
     out = np.full(artists.shape[0], -1, np.int64)
     has = np.flatnonzero(np.diff(artists.indptr) > 0)
     if len(has):
@@ -869,7 +888,9 @@ def _kept_on(scorer: HybridScorer, name: str, build: Callable[[], T]) -> T:
 
 
 def _artist_order(scorer: HybridScorer) -> ArtistOrder:
-    return _kept_on(scorer, "_artist_order", lambda: ArtistOrder.of(scorer.space))
+    columns = scorer.cf_columns
+    favoured = None if columns is None else columns >= 0
+    return _kept_on(scorer, "_artist_order", lambda: ArtistOrder.of(scorer.space, favoured))
 
 
 def _rank_before_scan(
