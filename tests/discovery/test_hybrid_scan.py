@@ -254,6 +254,37 @@ def test_pruned_ranking_on_a_zipf_catalogue_equals_scoring_every_pair(
     assert sum(handed) <= N_USERS // 10
 
 
+@pytest.mark.parametrize("mode", ["standard", "new-artists"])
+def test_segments_the_scan_would_mostly_score_are_ranked_by_products(
+    monkeypatch, small_sample, mode
+) -> None:
+    """A collab weight 10x the DNA's on short runs and multi-artist tracks (the toy model's
+    fitted weights on a Zipf catalogue): the scan would score whole segments pair by pair,
+    so they are ranked by products before it (ArtistCF's artists first in the order, some
+    segments shared with long runs and, with --new-artists, excluded artists), and the
+    result is still rank_space's bit for bit."""
+    scorer, inputs = _zipf_catalogue(9)
+    weights = HybridWeights(0.1, 0.01, 1.0, 0.3)
+    excluded, artists = inputs.history, None
+    if mode == "new-artists":
+        excluded = (inputs.history + scorer.space.same_artist_tracks(inputs.history)).tocsr()
+        artists = sp.csr_matrix(inputs.history @ scorer.space.artists)
+        artists.data[:] = 1.0
+    scored: list[int] = []
+    push = hybrid_scan._ArtistRuns.push_positions
+
+    def counting(self, best, p0, p1, u, skip):  # noqa: ANN001, ANN202
+        scored.append(len(u) * (p1 - p0) - int(skip.sum()))
+        return push(self, best, p0, p1, u, skip)
+
+    monkeypatch.setattr(hybrid_scan._ArtistRuns, "push_positions", counting)
+    want_rows, want_scores = rank_space(scorer, inputs, 100, excluded, None, 16_384, weights)
+    rows, scores = rank_database(scorer, inputs, 100, inputs.history, None, 4096, weights, artists)
+    np.testing.assert_array_equal(rows, want_rows)
+    assert scores.tobytes() == want_scores.tobytes()
+    assert sum(scored) > N_USERS * 1000  # segments ranked by products: many pairs per user
+
+
 def test_a_selected_chunk_scorer_scores_its_users_as_the_whole_block(
     monkeypatch, small_sample
 ) -> None:

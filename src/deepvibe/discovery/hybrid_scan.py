@@ -18,8 +18,12 @@ tracks and most users) and the gems penalty. :func:`rank_database` ranks a block
 3. Before the scan, by products rather than a gather per pair: each user's highest-lift
    artists with many tracks, until k of them, then those where the scan would score at
    least ``_PRODUCT_SHARE`` of the tracks one by one, and the catalogue when the decoder
-   counts (its part varies track by track). Their best k seed the scan's top k and floor,
-   a true lower bound; their segments get no room (-inf).
+   counts (its part varies track by track). Then, with the rooms known, every segment
+   outside the catalogue where the scan would score at least ``_DENSE_SHARE`` of a user's
+   pairs one by one (the short runs and multi-artist tracks of the artists the user's lift
+   favours, which :class:`ArtistOrder` keeps together): :func:`_rank_dense_segments`.
+   Their best k seed the scan's top k and floor, a true lower bound; what they ranked gets
+   no room (-inf).
 4. The scan of :mod:`deepvibe.discovery.scan` (a float32 DNA product per cache-sized tile)
    scores a pair exactly only when its DNA part reaches the bar less its segment's room: one
    comparison per (user, segment), as the DNA-only scan makes one per (user, tile).
@@ -77,6 +81,9 @@ _POWER = 16  # the p of _add_most's p-norm
 _PRODUCT_SHARE = 0.05  # step 3 scores a run by a product if the scan would score this share
 _EXCESS_SAMPLE = 1024  # ArtistCF columns behind each user's c_u
 _ROWS = 65_536  # positions ArtistOrder.of arranges at once
+_DENSE_SEGMENTS = 16  # segments scored by one product at most (4,096 positions)
+_DENSE_SHARE = 0.1  # a segment is scored by products where the scan would score this share
+# (of 0.02-0.2, the fastest on both Zipf catalogues of docs/BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
@@ -318,6 +325,7 @@ class Segments:
     pure: sp.csr_matrix  # (A, G) 1: the segment is only that artist's single-artist tracks
     catalogue: np.ndarray  # (G,) bool: every position of the segment is in the catalogue
     credits: np.ndarray  # (G,) float64: the most artists a track of the segment credits
+    outside: np.ndarray  # (G,) bool: no position of the segment is in the catalogue
 
     @classmethod
     def of(cls, scorer: HybridScorer, order: ArtistOrder) -> Segments:
@@ -362,11 +370,12 @@ class Segments:
             (np.ones(len(pure_of)), (lo[pure_of], pure_of)), shape=(artists.shape[0], n_seg)
         )
         inside = np.minimum.reduceat((order.catalogue >= 0).astype(np.int64), starts) > 0
+        outside = np.maximum.reduceat((order.catalogue >= 0).astype(np.int64), starts) == 0
         indptr = scorer.space.artists.indptr
         credits = np.maximum.reduceat(indptr[order.rows + 1] - indptr[order.rows], starts)
         return cls(
             artists, first, second, cf, np.zeros(n_seg, bool) if has_cf is None else has_cf,
-            pure, inside, credits.astype(np.float64),
+            pure, inside, credits.astype(np.float64), outside,
         )  # fmt: skip
 
 
@@ -644,19 +653,20 @@ def _pruned(
 
     def before_scan(a: int, b: int) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray, tuple]:
         """Step 3 and the rooms of users a:b (one worker thread's share)."""
-        which = np.arange(a, b)
         mine = users.select(slice(a, b))  # views: select by index would copy 40 MB of collab
         sub = StrongArtists(strong.lift[a:b], strong.column)
         best = StreamingTopK(b - a, k, ordered=False)
+        excluded = out.select(np.arange(a, b))
+        runs = _ArtistRuns(PairScorer(scorer, mine, w, penalty), order, excluded, floor[a:b])
         done, catalogue_done = _rank_before_scan(
-            best, scorer, mine, sub, order, k, out.select(which),
-            PairScorer(scorer, mine, w, penalty), floor[a:b], spread[a:b],
-        )  # fmt: skip
+            best, scorer, mine, sub, order, k, excluded, runs, spread[a:b]
+        )
         if banned is not None:  # nor candidates in the scan
             here = (banned[0] >= a) & (banned[0] < b)
             done[banned[0][here] - a, banned[1][here]] = True
-        artists = None if out.artists is None else out.artists[a:b]
-        rooms = _segment_rooms(scorer, mine, w, order, sub, done, artists, catalogue_done)
+        rooms = _segment_rooms(scorer, mine, w, order, sub, done, excluded.artists, catalogue_done)
+        outside = _segments(scorer, order).outside
+        _rank_dense_segments(best, runs, outside, rooms, spread[a:b], done, strong.column)
         top = np.max(rooms, axis=1, where=np.isfinite(rooms), initial=0.0)
         return done, catalogue_done, rooms, top, best.kept()  # the scan's seed: in no order
 
@@ -895,8 +905,7 @@ def _artist_order(scorer: HybridScorer) -> ArtistOrder:
 
 def _rank_before_scan(
     best: StreamingTopK, scorer: HybridScorer, users: UserInputs, strong: StrongArtists,
-    order: ArtistOrder, k: int, excluded: Exclusions, pairs: PairScorer, floor: np.ndarray,
-    spread: np.ndarray,
+    order: ArtistOrder, k: int, excluded: Exclusions, runs: _ArtistRuns, spread: np.ndarray,
 ) -> tuple[np.ndarray, bool]:  # fmt: skip
     """Score exactly, by products instead of a gather per pair, what the scan would find
     costly: per user, every track (single-artist, outside the catalogue) of the highest-lift
@@ -912,8 +921,7 @@ def _rank_before_scan(
     artists = artists[order.count[artists] >= _LONG_RUN]
     # a run is one artist's single-artist tracks and no excluded artist is chosen (lift 0),
     # so only excluded pairs can be in it
-    w, penalty = pairs.weights, pairs.penalty_in
-    runs = _ArtistRuns(pairs, order, excluded.pairs, floor)
+    w, penalty, floor = runs.pairs.weights, runs.pairs.penalty_in, runs.floor
     if len(artists):
         lift = strong.lift[:, strong.column[artists]]  # (U, L)
         ranked = np.argsort(-lift, axis=1, kind="stable")  # each user's artists, best first
@@ -948,25 +956,68 @@ def _rank_before_scan(
     return done, True
 
 
+def _rank_dense_segments(
+    best: StreamingTopK, runs: _ArtistRuns, outside: np.ndarray, rooms: np.ndarray,
+    spread: np.ndarray, done: np.ndarray, strong_column: np.ndarray,
+) -> None:  # fmt: skip
+    """Step 3's rule for the segments outside the catalogue (``outside`` (G,)) that no long
+    run covers (a catalogue's many short runs, its multi-artist tracks): where the scan would
+    score at least ``_PRODUCT_SHARE`` of a user's pairs one by one, that is where the room
+    reaches the DNA part that share of the sample passes (``spread``), the segment is scored
+    for the user by products (about 1/20 of the cost per pair) and its room set to -inf.
+    Consecutive chosen segments are scored together, for every user who chose one of them
+    (the others' pairs there cost little), but never a pair ranked before: a segment already
+    -inf, or a track of a long run step 3 ranked for the user (``done`` (U, S),
+    ``strong_column`` (A,) as in StrongArtists; such a run's first and last segments may be
+    shared with other artists)."""
+    n = len(runs.order.rows)
+    at = spread.shape[1] - max(1, round(_DENSE_SHARE * spread.shape[1]))
+    bar = np.maximum(best.threshold, runs.floor) - spread[:, at]  # (U,) the room that needs
+    chosen = outside[None, :] & (rooms >= bar[:, None])  # -inf rooms: never
+    segments = np.flatnonzero(chosen.any(axis=0))
+    if not len(segments):
+        return
+    # runs of consecutive segments, at most _DENSE_SEGMENTS each: (U x 4,096) blocks
+    cut = np.flatnonzero(
+        (np.diff(segments) != 1) | (np.arange(1, len(segments)) % _DENSE_SEGMENTS == 0)
+    )
+    for piece in np.split(segments, cut + 1):
+        g0, g1 = int(piece[0]), int(piece[-1]) + 1
+        u = np.flatnonzero(chosen[:, g0:g1].any(axis=1))
+        p0, p1 = g0 * _SEGMENT, min(g1 * _SEGMENT, n)
+        ranked = ~np.isfinite(rooms[np.ix_(u, np.arange(g0, g1))])  # or excluded
+        skip = np.repeat(ranked, _SEGMENT, axis=1)[:, : p1 - p0]
+        artist = runs.order.artist[p0:p1]  # -1: several artists (never a long run's)
+        column = np.where(artist >= 0, strong_column[np.maximum(artist, 0)], -1)
+        if (column >= 0).any():
+            skip |= (column >= 0) & done[np.ix_(u, np.maximum(column, 0))]
+        runs.push_positions(best, p0, p1, u, skip)
+        rooms[np.ix_(u, np.arange(g0, g1))] = -np.inf
+
+
 class _ArtistRuns:
-    """Exact scores of every (user, track) of chosen single-artist runs outside the catalogue,
-    one product per artist: the float32 steps of pair_scores (artist share, no decoder part,
-    DNA, collab, penalty) on a (users x run) block."""
+    """Exact scores of every (user, track) of chosen positions of single-artist tracks outside
+    the catalogue (one artist's run, or consecutive segments of several), by one product per
+    block of positions: the float32 steps of pair_scores (artist share, no decoder part, DNA,
+    collab, penalty) on a (users x positions) block."""
 
     def __init__(
-        self, pairs: PairScorer, order: ArtistOrder, excluded: sp.csr_matrix | None,
-        floor: np.ndarray,
-    ) -> None:  # fmt: skip
+        self, pairs: PairScorer, order: ArtistOrder, excluded: Exclusions, floor: np.ndarray
+    ) -> None:
         """``pairs``: the block's user side (weighted collab, DNA on the grid, penalty);
-        ``floor``: (U,) each user's F."""
+        ``excluded``: the same users' exclusions; ``floor``: (U,) each user's F."""
         self.pairs, self.order, self.floor = pairs, order, floor
-        self.shares = sp.csc_matrix(
+        # (U, A) float32 weighted shares, by artist (a run's column) and by user
+        self.share_rows = sp.csr_matrix(
             sp.csr_matrix(pairs.users.shares, dtype=np.float32) * np.float32(pairs.weights.artist)
         )
+        self.share_rows.sum_duplicates()
+        self.shares = sp.csc_matrix(self.share_rows)
+        self.banned = excluded.artists  # (U, A) --new-artists: every track of theirs is out
         # excluded pairs by position in the order: a run finds its own by two searches
         self.out_user = self.out_position = np.empty(0, np.int64)
-        if excluded is not None and excluded.nnz:
-            coo = sp.coo_matrix(excluded)
+        if excluded.pairs is not None and excluded.pairs.nnz:
+            coo = sp.coo_matrix(excluded.pairs)
             position = order.position[coo.col]
             by = np.argsort(position, kind="stable")
             self.out_user, self.out_position = coo.row[by].astype(np.int64), position[by]
@@ -986,14 +1037,58 @@ class _ArtistRuns:
     def _push_run(
         self, best: StreamingTopK, a: int, u: np.ndarray, share: np.ndarray | None
     ) -> None:
-        """``share``: (U, 1) every user's weighted share of artist ``a`` (None: no share part)."""
+        """``share``: (U, 1) every user's weighted share of artist ``a`` (None: no share part);
+        an artist chosen here is none of the users' excluded ones (its lift is 0 for them)."""
+        order, pairs, columns = self.order, self.pairs, self.pairs.scorer.cf_columns
+        p0, p1 = int(order.first[a]), int(order.first[a] + order.count[a])
+        collab = None
+        if pairs.collab is not None and columns is not None and columns[a] >= 0:
+            collab = pairs.collab[u, columns[a]][:, None]  # weighted already
+        self._push(best, p0, p1, u, None if share is None else share[u], collab)
+
+    def push_positions(
+        self, best: StreamingTopK, p0: int, p1: int, u: np.ndarray, skip: np.ndarray
+    ) -> None:
+        """Score positions p0:p1 (tracks outside the catalogue, of any artists) for users
+        ``u``, except where ``skip`` (len(u), p1 - p0) is True (ranked already). A track's
+        share part is the sum over its artists in ascending order, its collab part the
+        largest over them, as pair_scores adds them (credit slot by credit slot)."""
+        pairs, columns, credits = self.pairs, self.pairs.scorer.cf_columns, self.pairs.space.artists
+        rows = self.order.rows[p0:p1]
+        by_track = sp.csr_matrix(credits[rows])  # (P, A)
+        share = None
+        if pairs.weights.artist > 0:  # a sparse product sums in ascending artist order
+            share = np.asarray((self.share_rows[u] @ by_track.T).todense(), np.float32)
+        skip = skip.copy()
+        if self.banned is not None:
+            skip |= np.asarray((self.banned[u] @ by_track.T).todense()) > 0
+        collab = None
+        if pairs.collab is not None and columns is not None:
+            collab = np.zeros((len(u), len(rows)), np.float32)
+            start, n_credits = by_track.indptr[:-1], np.diff(by_track.indptr)
+            for j in range(int(n_credits.max(initial=0))):
+                has = np.flatnonzero(n_credits > j)
+                cf = columns[by_track.indices[start[has] + j]]
+                has, cf = has[cf >= 0], cf[cf >= 0]  # no ArtistCF artist: 0, adds nothing
+                # each artist's column read once (runs: several tracks each), then spread
+                distinct, where = np.unique(cf, return_inverse=True)
+                value = pairs.collab[np.ix_(u, distinct)][:, where]
+                collab[:, has] = np.maximum(collab[:, has], value)
+        self._push(best, p0, p1, u, share, collab, skip)
+
+    def _push(
+        self, best: StreamingTopK, p0: int, p1: int, u: np.ndarray, share: np.ndarray | None,
+        collab: np.ndarray | None, skip: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
+        """Positions p0:p1 for users ``u``: ``share`` and ``collab`` (len(u), 1 or p1 - p0)
+        weighted parts, in pair_scores' order of float32 steps; only scores that can enter a
+        user's best k are pushed."""
         pairs, order, space = self.pairs, self.order, self.pairs.space
         w = pairs.weights
-        p0, p1 = int(order.first[a]), int(order.first[a] + order.count[a])
         rows = order.rows[p0:p1]
         total = np.zeros((len(u), len(rows)), np.float32)
         if share is not None:
-            total += share[u]
+            total += share
         if w.dna > 0:
             assert pairs.grid is not None
             cos = (pairs.grid[u] @ order.grid[p0:p1].T.astype(np.float64)).astype(np.float32)
@@ -1002,9 +1097,8 @@ class _ArtistRuns:
             if without.any():
                 cos[:, without] = 0.0
             total += cos
-        columns = pairs.scorer.cf_columns
-        if pairs.collab is not None and columns is not None and columns[a] >= 0:
-            total += pairs.collab[u, columns[a]][:, None]  # weighted already
+        if collab is not None:  # 0 where a track's artist has none: adding it changes nothing
+            total += collab
         if pairs.penalty is not None:
             total -= pairs.penalty[rows]
         i0, i1 = np.searchsorted(self.out_position, (p0, p1))
@@ -1012,6 +1106,8 @@ class _ArtistRuns:
             who = np.searchsorted(u, self.out_user[i0:i1])
             mine = (who < len(u)) & (u[np.minimum(who, len(u) - 1)] == self.out_user[i0:i1])
             total[who[mine], self.out_position[i0:i1][mine] - p0] = -np.inf
+        if skip is not None:
+            total[skip] = -np.inf
         # (b,) float32: below the k-th best so far or F, never in the top k (F: checked after
         # the scan)
         bar = rounded_down(np.maximum(best.threshold[u], self.floor[u]))
