@@ -282,7 +282,9 @@ class HybridChunkScorer:
         mid = head + whole * _SEGMENT
         if whole:
             inner = approx[:, head:mid].reshape(b, whole, _SEGMENT)
-            hit[:, head:mid] = (inner >= bars[:, 1 : 1 + whole, None]).reshape(b, -1)
+            into = hit[:, head:mid].reshape(b, whole, _SEGMENT)  # a view: rows stay strided
+            assert np.may_share_memory(into, hit)
+            np.greater_equal(inner, bars[:, 1 : 1 + whole, None], out=into)
         if mid < width:
             np.greater_equal(approx[:, mid:], bars[:, -1:], out=hit[:, mid:])
         return np.divmod(np.flatnonzero(hit), width)
