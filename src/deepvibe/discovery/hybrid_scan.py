@@ -297,7 +297,7 @@ class HybridChunkScorer:
     ) -> dict[str, np.ndarray]:
         """Scores below the user's floor are left unchecked (the top k drops them anyway)."""
         rows = prepared["rows"][cols]
-        score = self.pairs(users, rows)
+        score = self.pairs(users, rows, prepared["start"] + cols)
         live = np.flatnonzero(score >= self.floor[users])
         users, rows, cols = users[live], rows[live], cols[live]
         out = score[live]
@@ -431,7 +431,11 @@ class PairScorer:
             self.cf_artists = scorer.cf_artists
         self.penalty = None if penalty is None else penalty.astype(np.float32)
 
-    def __call__(self, user_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def __call__(
+        self, user_rows: np.ndarray, rows: np.ndarray, positions: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``positions``: the rows' places in :class:`ArtistOrder`, where the caller has them
+        (the scan: a chunk's start plus its columns), saving a lookup per pair."""
         w, space = self.weights, self.space
         user_rows = np.asarray(user_rows, np.int64)
         rows = np.asarray(rows, np.int64)
@@ -443,7 +447,9 @@ class PairScorer:
             inside = np.flatnonzero(cat >= 0)
             total[inside] += self.decoder[user_rows[inside], cat[inside]]
         if self.grid is not None:
-            track_grid = self.order.grid[self.order.position[rows]]  # (P, f)
+            if positions is None:
+                positions = self.order.position[rows]
+            track_grid = self.order.grid[positions]  # (P, f)
             # exact: grid values, float64 products and sums without rounding (einsum casts
             # the float32 side as it goes: 3x faster than a float64 copy of the gather)
             exact = np.einsum("ij,ij->i", self.grid[user_rows], track_grid)
