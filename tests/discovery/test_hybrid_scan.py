@@ -317,3 +317,29 @@ def test_a_selected_chunk_scorer_scores_its_users_as_the_whole_block(
     got = part.exact(prepared, rows, cols)["score"]
     want = whole.exact(prepared, which[rows], cols)["score"]
     assert got.tobytes() == want.tobytes()
+
+
+def test_exclusions_mask_known_answer() -> None:
+    """A user's excluded tracks and every track crediting a user's excluded artist, and
+    nothing else: pairs whose row or artist no user excludes skip the lookup, the rest are
+    looked up per user."""
+    credits = sp.csr_matrix(
+        np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1], [1, 0, 1]], np.float32)
+    )  # tracks 0-4 x artists 0-2; track 4 credits artists 0 and 2
+    space = TrackSpace(
+        track_ids=np.array([f"t{i}" for i in range(5)], dtype=object),
+        units=np.zeros((5, 2), np.float32), standardised=np.zeros((5, 2), np.float32),
+        has_features=np.ones(5, bool), artists=credits,
+        artist_keys=np.array(["a", "b", "c"], dtype=object),
+        catalogue_index=np.full(5, -1, np.int64), popularity=np.zeros(5, np.float32),
+    )  # fmt: skip
+    pairs = sp.csr_matrix(np.array([[0, 1, 0, 0, 0], [0, 0, 0, 0, 0]], np.float32))
+    artists = sp.csr_matrix(np.array([[0, 0, 0], [0, 0, 1]], np.float32))
+    out = hybrid_scan.Exclusions(space, pairs, artists)
+    users, rows = np.repeat(np.arange(2), 5), np.tile(np.arange(5), 2)
+    got = out.mask(users, rows).reshape(2, 5)
+    assert got.tolist() == [[False, True, False, False, False], [False, False, False, True, True]]
+    assert out.select(np.array([1])).mask(np.zeros(5, np.int64), np.arange(5)).tolist() == [
+        False, False, False, True, True,
+    ]  # fmt: skip
+    assert not hybrid_scan.Exclusions(space, None, None).mask(users, rows).any()
