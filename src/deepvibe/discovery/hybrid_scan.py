@@ -549,16 +549,23 @@ class Exclusions:
         self.space = space
         self.pairs = None if pairs is None else sp.csr_matrix(pairs)
         self.artists = None if artists is None else sp.csr_matrix(artists)
-        self.pair_keys = _key_index(_pair_keys(self.pairs, len(space)))
-        self.artist_keys = _key_index(_pair_keys(self.artists, space.artists.shape[1]))
-        # (n,) bool: a row some user's pairs exclude; (A,) bool: an artist some user's are
-        # (most pairs scored in the scan are neither: no lookup for them)
-        self.some_row = np.zeros(len(space), bool)
+
+    @functools.cached_property
+    def _lookup(self) -> tuple[pd.Index, pd.Index, np.ndarray, np.ndarray]:
+        """What :meth:`mask` looks pairs up in, built by its first call only (a block's
+        per-thread selections never call it): the (user, row) and (user, artist) keys, and
+        (n,) bool a row some user's pairs exclude, (A,) bool an artist some user's are (most
+        pairs scored in the scan are neither: no lookup for them)."""
+        n_artists = self.space.artists.shape[1]
+        some_row, some_artist = np.zeros(len(self.space), bool), np.zeros(n_artists, bool)
         if self.pairs is not None:
-            self.some_row[self.pairs.indices] = True
-        self.some_artist = np.zeros(space.artists.shape[1], bool)
+            some_row[self.pairs.indices] = True
         if self.artists is not None:
-            self.some_artist[self.artists.indices] = True
+            some_artist[self.artists.indices] = True
+        return (
+            _key_index(_pair_keys(self.pairs, len(self.space))),
+            _key_index(_pair_keys(self.artists, n_artists)), some_row, some_artist,
+        )  # fmt: skip
 
     def select(self, which: np.ndarray) -> Exclusions:
         return Exclusions(
@@ -579,20 +586,21 @@ class Exclusions:
         """(P,) bool: whether each (user, space row) pair is excluded. Only pairs whose row
         (or one of whose artists) some user excludes are looked up: a lookup call has a
         fixed cost that made it a third of the scan's exact scoring."""
+        pair_keys, artist_keys, some_row, some_artist = self._lookup
         out = np.zeros(len(rows), bool)
-        maybe = np.flatnonzero(self.some_row[rows])
+        maybe = np.flatnonzero(some_row[rows])
         if len(maybe):
-            out[maybe] = _member(self.pair_keys, user_rows[maybe] * len(self.space) + rows[maybe])
-        if len(self.artist_keys):
+            out[maybe] = _member(pair_keys, user_rows[maybe] * len(self.space) + rows[maybe])
+        if len(artist_keys):
             artists, width = self.space.artists, self.space.artists.shape[1]
             start = artists.indptr[rows]
             n_artists = artists.indptr[rows + 1] - start
             for j in range(int(n_artists.max(initial=0))):
                 has = np.flatnonzero(n_artists > j)
                 artist = artists.indices[start[has] + j]
-                has, artist = has[self.some_artist[artist]], artist[self.some_artist[artist]]
+                has, artist = has[some_artist[artist]], artist[some_artist[artist]]
                 if len(has):
-                    out[has] |= _member(self.artist_keys, user_rows[has] * width + artist)
+                    out[has] |= _member(artist_keys, user_rows[has] * width + artist)
         return out
 
     def block(self, a: int, b: int, rows: np.ndarray) -> np.ndarray:
@@ -985,9 +993,10 @@ def _rank_dense_segments(
 ) -> None:  # fmt: skip
     """Step 3's rule for the segments outside the catalogue (``outside`` (G,)) that no long
     run covers (a catalogue's many short runs, its multi-artist tracks): where the scan would
-    score at least ``_PRODUCT_SHARE`` of a user's pairs one by one, that is where the room
+    score at least ``_DENSE_SHARE`` of a user's pairs one by one, that is where the room
     reaches the DNA part that share of the sample passes (``spread``), the segment is scored
-    for the user by products (about 1/20 of the cost per pair) and its room set to -inf.
+    for the user by products (a tenth to a fifteenth of the cost per pair) and its room set
+    to -inf.
     Consecutive chosen segments are scored together, for every user who chose one of them
     (the others' pairs there cost little), but never a pair ranked before: a segment already
     -inf, or a track of a long run step 3 ranked for the user (``done`` (U, S),
@@ -1019,10 +1028,10 @@ def _rank_dense_segments(
 
 
 class _ArtistRuns:
-    """Exact scores of every (user, track) of chosen positions of single-artist tracks outside
-    the catalogue (one artist's run, or consecutive segments of several), by one product per
-    block of positions: the float32 steps of pair_scores (artist share, no decoder part, DNA,
-    collab, penalty) on a (users x positions) block."""
+    """Exact scores of every (user, track) of chosen positions outside the catalogue (one
+    artist's run of single-artist tracks, or consecutive segments of any tracks), by one
+    product per block of positions: the float32 steps of pair_scores (artist share, no decoder
+    part, DNA, collab, penalty) on a (users x positions) block."""
 
     def __init__(
         self, pairs: PairScorer, order: ArtistOrder, excluded: Exclusions, floor: np.ndarray

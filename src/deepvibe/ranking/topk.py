@@ -49,9 +49,8 @@ def _unordered(scores: np.ndarray, k: int, key: np.ndarray) -> np.ndarray:
     cols = np.argpartition(scores, n - k, axis=1)[:, n - k :]  # its first: the k-th largest
     kth = np.take_along_axis(scores, cols[:, :1], axis=1)  # (rows, 1)
     # a tie across the cut is settled by key; argpartition settles it arbitrarily
-    left = (scores == kth).sum(axis=1) > (np.take_along_axis(scores, cols, axis=1) == kth).sum(
-        axis=1
-    )
+    kept = np.take_along_axis(scores, cols, axis=1)
+    left = (scores == kth).sum(axis=1) > (kept == kth).sum(axis=1)  # a tied entry left out
     for r in np.flatnonzero(left):
         above = np.flatnonzero(scores[r] > kth[r])
         tied = np.flatnonzero(scores[r] == kth[r])
