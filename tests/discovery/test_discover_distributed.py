@@ -22,7 +22,9 @@ def _run(cwd: Path, args: list[str], nproc: int | None) -> subprocess.CompletedP
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                   f"--nproc-per-node={nproc}", "-m", "deepvibe"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPVIBE_")}
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    # the package first, then the caller's path (where its dependencies may be)
+    path = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+    env.update(PYTHONPATH=path, OMP_NUM_THREADS="1")
     return subprocess.run(
         [*launch, "discover", "--all", "--no-progress", *args], cwd=cwd, env=env,
         capture_output=True, text=True, timeout=300,

@@ -20,7 +20,8 @@ assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
 def test_plots_without_a_display_whatever_mplbackend_says(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env["MPLBACKEND"] = "TkAgg"  # a GUI backend: using it without a display would fail
-    env["PYTHONPATH"] = str(Path(deepvibe.__file__).resolve().parents[1])
+    src = str(Path(deepvibe.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
     out = tmp_path / "dna.png"
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(out)], env=env, capture_output=True, text=True,

@@ -207,7 +207,9 @@ def _config(root: Path, data: Path, **train: object) -> Path:
 
 def _env(**extra: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPVIBE_")}
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    # the package first, then the caller's path (where its dependencies may be)
+    path = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+    env.update(PYTHONPATH=path, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
