@@ -92,6 +92,7 @@ def small_sample(monkeypatch):  # noqa: ANN201
     """Sample and size limits scaled to a 20,000-track space."""
     monkeypatch.setattr(hybrid_scan, "_SAMPLE", 2048)
     monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0)
+    monkeypatch.setattr(hybrid_scan, "_FEW_USERS", 0)
     yield
 
 
@@ -190,6 +191,7 @@ def test_short_artist_runs_are_ranked_by_the_pruned_steps(monkeypatch) -> None:
     """About 13 tracks per artist (below the former _MIN_RUN gate, where rank_space ranked
     every pair) and 670 (30 artists): the pruned steps rank almost every user."""
     monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0)
+    monkeypatch.setattr(hybrid_scan, "_FEW_USERS", 0)
     monkeypatch.setattr(hybrid_scan, "_SAMPLE", 2048)
     for n_artists in (N_ARTISTS, 30):
         scorer, inputs = _scorer_and_inputs(6, False, n_artists)
@@ -343,3 +345,56 @@ def test_exclusions_mask_known_answer() -> None:
         False, False, False, True, True,
     ]  # fmt: skip
     assert not hybrid_scan.Exclusions(space, None, None).mask(users, rows).any()
+
+
+@pytest.mark.parametrize(
+    ("weights", "lifted"),
+    [(HybridWeights(0.01, 0.03, 3.0, 0.3), True), (HybridWeights(1.0, 0.0, 0.0, 0.0), False)],
+)
+def test_tiles_the_lifts_already_outrank_get_no_product(
+    monkeypatch, small_sample, weights, lifted
+) -> None:
+    """Where what step 3 ranked puts a user's k-th best above the most a DNA part can reach
+    (w_dna) plus the tile's rooms, the scan makes no DNA product of that user and tile
+    (HybridChunkScorer.live), and the ranking is still rank_space's. With the DNA part alone
+    nothing outranks it: every tile is multiplied for every user."""
+    scorer, inputs = _scorer_and_inputs(6, True)
+    cells: list[int] = []
+    approximate = hybrid_scan.HybridChunkScorer.approximate
+
+    def counting(self, prepared, users, c0, c1, out):  # noqa: ANN001, ANN202
+        cells.append(out.size)
+        return approximate(self, prepared, users, c0, c1, out)
+
+    monkeypatch.setattr(hybrid_scan.HybridChunkScorer, "approximate", counting)
+    want = rank_space(scorer, inputs, 100, inputs.history, None, 16_384, weights)
+    handed = _by_every_pair_too(monkeypatch)
+    rows, scores = rank_database(scorer, inputs, 100, inputs.history, None, 4096, weights)
+    np.testing.assert_array_equal(rows, want[0])
+    assert scores.tobytes() == want[1].tobytes()
+    share = sum(cells) / ((N_USERS - sum(handed)) * N_SPACE)  # of the scanned users' cells
+    if lifted:
+        assert share < 0.1
+    else:
+        assert share > 0.8  # segments ranked before the scan have no room: never a candidate
+
+
+def test_one_user_is_ranked_over_every_pair_until_the_scan_structures_exist(monkeypatch) -> None:
+    """`discover user_1` ranks one user: scoring every pair is faster than building
+    ArtistOrder and Segments first. Once a bigger block built them, one user takes the pruned
+    path too; both give rank_space's ranking."""
+    monkeypatch.setattr(hybrid_scan, "_MIN_SPACE", 0)
+    monkeypatch.setattr(hybrid_scan, "_SAMPLE", 2048)
+    scorer, inputs = _scorer_and_inputs(7)
+    alone = inputs.padded(3, 4, 1)
+    want = rank_space(scorer, alone, 100, inputs.history[3:4])
+    handed = _by_every_pair_too(monkeypatch)
+    first = rank_database(scorer, alone, 100, inputs.history[3:4])
+    assert handed == [1]
+    rank_database(scorer, inputs, 100, inputs.history)  # a block: builds the structures
+    handed.clear()
+    again = rank_database(scorer, alone, 100, inputs.history[3:4])
+    assert handed == []
+    for rows, scores in (first, again):
+        np.testing.assert_array_equal(rows, want[0])
+        assert scores.tobytes() == want[1].tobytes()

@@ -31,7 +31,8 @@ tracks and most users) and the gems penalty. :func:`rank_database` ranks a block
 The best k of steps 3 and 4 are the best k of the whole space whenever the k-th of them is at
 least ``F``; a user for whom it is not (the sample misled) is ranked again by
 :func:`signals.rank_space`, which scores every pair; so is a whole space under
-``_MIN_SPACE`` tracks, where one pass over every pair is as fast. Scores are those of
+``_MIN_SPACE`` tracks, where one pass over every pair is as fast, and a block of at most
+``_FEW_USERS`` before the structures of step 2 exist. Scores are those of
 :meth:`HybridScorer.score` bit for bit (the same float32 steps: :class:`PairScorer`,
 :class:`_ArtistRuns`), so the ranking (score descending, then row ascending) is rank_space's,
 and a user's result never depends on the other users of the block.
@@ -69,6 +70,10 @@ T = TypeVar("T")
 _SAMPLE = 8192  # space rows behind each user's F
 _MARGIN = 3  # F aims at _MARGIN * k tracks, so falling short of k is rare
 _MIN_SPACE = 65_536  # smaller spaces: rank_space (every pair) is as fast
+# so few users that rank_space is faster than building ArtistOrder and Segments first (one
+# user over 1,000,000 tracks: 0.2-0.26 s against 0.45-0.6 s; a process that ranks one user,
+# `discover user_1`, builds neither)
+_FEW_USERS = 2
 _SAMPLE_USERS = 256  # users per sample tile: (256 x 8,192) float32, 8 MiB
 _REL_TOL = 1e-5  # float32 rounding of a few parts, relative to their size, with margin
 
@@ -102,6 +107,11 @@ class ArtistOrder:
     first: np.ndarray  # (A,) int64: each artist's first position (outside the catalogue)
     count: np.ndarray  # (A,) int64: its number of positions there
     position: np.ndarray  # (n,) int64: the position of each space row
+
+    @functools.cached_property
+    def first_catalogue(self) -> int:
+        """The first catalogue position: the catalogue is the order's tail."""
+        return int(len(self.rows) - np.count_nonzero(self.catalogue >= 0))
 
     @property
     def mean_run(self) -> float:
@@ -232,6 +242,13 @@ class HybridChunkScorer:
         finite = np.isfinite(dna).all(axis=1)
         w = np.float32(weights.dna)
         self.dna32 = np.where(finite[:, None], dna * w, 0.0).astype(np.float32)  # (U, f)
+        # (U,) the most a DNA part less the penalty can be: unit tracks, the lowest penalty,
+        # with margin for float32 rounding (see live)
+        norm = np.linalg.norm(self.dna32.astype(np.float64), axis=1)
+        low = 0.0
+        if penalty is not None:
+            low = float(np.min(penalty, where=np.isfinite(penalty), initial=0.0))
+        self.reach = (norm - low) + 1e-5 * (norm + abs(low))
 
     def select(self, users: np.ndarray) -> HybridChunkScorer:
         strong = StrongArtists(self.strong.lift[users], self.strong.column)
@@ -257,13 +274,28 @@ class HybridChunkScorer:
         }  # fmt: skip
 
     def approximate(
-        self, prepared: dict[str, np.ndarray | None], users: slice, c0: int, c1: int,
+        self, prepared: dict[str, np.ndarray | None], users: slice | np.ndarray, c0: int, c1: int,
         out: np.ndarray,
     ) -> np.ndarray:  # fmt: skip
         return penalised_product(self.dna32[users], prepared, c0, c1, out)
 
+    def live(
+        self, prepared: dict[str, np.ndarray], users: slice, c0: int, c1: int, bound: np.ndarray
+    ) -> np.ndarray | None:
+        """Positions in ``users`` whose DNA part can reach the lowest of their bars over the
+        tile's segments (None: all of them). Where the lifts ranked before the scan already
+        put a user's k-th best above w_dna plus the tile's rooms, the tile's product is not
+        made for that user: a lift that outweighs the DNA part prunes by itself."""
+        p0 = int(prepared["start"]) + c0  # type: ignore[call-overload]
+        g0, g1 = p0 // _SEGMENT, (p0 + c1 - c0 - 1) // _SEGMENT + 1
+        with np.errstate(invalid="ignore"):  # -inf - -inf: NaN, as candidates' bars
+            room = self.rooms[users, g0:g1].max(axis=1)
+            lowest = rounded_down(bound - self.tolerance[users] - room)
+        alive = self.reach[users] >= lowest
+        return None if alive.all() else np.flatnonzero(alive)
+
     def candidates(
-        self, prepared: dict[str, np.ndarray], users: slice, c0: int, c1: int,
+        self, prepared: dict[str, np.ndarray], users: slice | np.ndarray, c0: int, c1: int,
         approx: np.ndarray, bound: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """(rows, cols) of the tile's pairs whose DNA part could lift them to ``bound``: one
@@ -302,7 +334,7 @@ class HybridChunkScorer:
         users, rows, cols = users[live], rows[live], cols[live]
         out = score[live]
         out[self.excluded.mask(users, rows)] = -np.inf
-        catalogue = prepared["catalogue"][cols] >= 0
+        catalogue = cols >= self.order.first_catalogue - prepared["start"]  # the order's tail
         if self.catalogue_done:  # in the seed already
             out[catalogue] = -np.inf
         if self.done is not None:
@@ -430,6 +462,8 @@ class PairScorer:
             self.collab = np.float32(w.collab) * np.asarray(users.collab, np.float32)
             self.cf_artists = scorer.cf_artists
         self.penalty = None if penalty is None else penalty.astype(np.float32)
+        # units are 0 where a track has no features, so its DNA part is 0 without the mask
+        self.all_features = bool(self.space.has_features.all())
 
     def __call__(
         self, user_rows: np.ndarray, rows: np.ndarray, positions: np.ndarray | None = None
@@ -442,10 +476,16 @@ class PairScorer:
         total = np.zeros(len(rows), np.float32)
         if self.share_keys is not None and len(self.share_keys):
             self._add_shares(total, user_rows, rows)
+        order = None if positions is None else self._scan_order
         if self.decoder is not None:
-            cat = space.catalogue_index[rows]
-            inside = np.flatnonzero(cat >= 0)
-            total[inside] += self.decoder[user_rows[inside], cat[inside]]
+            if order is None:
+                cat = space.catalogue_index[rows]
+                inside = np.flatnonzero(cat >= 0)
+                total[inside] += self.decoder[user_rows[inside], cat[inside]]
+            elif positions.max(initial=-1) >= order.first_catalogue:  # type: ignore[union-attr]
+                inside = np.flatnonzero(positions >= order.first_catalogue)
+                cat = order.catalogue[positions[inside]]  # type: ignore[index]
+                total[inside] += self.decoder[user_rows[inside], cat]
         if self.grid is not None:
             if positions is None:
                 positions = self.order.position[rows]
@@ -455,13 +495,28 @@ class PairScorer:
             exact = np.einsum("ij,ij->i", self.grid[user_rows], track_grid)
             cos = exact.astype(np.float32)
             cos *= np.float32(w.dna)
-            cos[~space.has_features[rows]] = 0.0
+            if not self.all_features:
+                cos[~space.has_features[rows]] = 0.0
             total += cos
         if self.collab is not None and self.cf_artists is not None:
-            total += self._collab_maxima(user_rows, rows)
+            if order is None:
+                total += self._collab_maxima(user_rows, rows)
+            else:  # only the pairs whose track credits an ArtistCF artist (+ 0 elsewhere)
+                some = np.flatnonzero(self._cf_at[positions])
+                if len(some):
+                    total[some] += self._collab_maxima(user_rows[some], rows[some])
         if self.penalty is not None:
             total -= self.penalty[rows]
         return total
+
+    @functools.cached_property
+    def _scan_order(self) -> ArtistOrder:
+        """The scan's order, where a caller gives positions in it."""
+        return _artist_order(self.scorer)
+
+    @functools.cached_property
+    def _cf_at(self) -> np.ndarray:
+        return _cf_at(self.scorer, self._scan_order)
 
     def select(self, which: np.ndarray) -> PairScorer:
         """The same for the users ``which``."""
@@ -635,7 +690,8 @@ def rank_database(
     n_users, n_space = users.dna.shape[0], len(scorer.space)
     w = weights or scorer.weights
     out = Exclusions(scorer.space, excluded, excluded_artists)
-    if n_space < _MIN_SPACE or n_users == 0:
+    unbuilt = getattr(scorer, "_artist_order", None) is None
+    if n_space < _MIN_SPACE or n_users == 0 or (n_users <= _FEW_USERS and unbuilt):
         return rank_space(scorer, users, k, out.full(), penalty, chunk, w)
     k_eff = max(1, min(int(k), n_space))
     rows = np.full((n_users, k_eff), -1, np.int64)
@@ -932,6 +988,13 @@ def _artist_order(scorer: HybridScorer) -> ArtistOrder:
     columns = scorer.cf_columns
     favoured = None if columns is None else columns >= 0
     return _kept_on(scorer, "_artist_order", lambda: ArtistOrder.of(scorer.space, favoured))
+
+
+def _cf_at(scorer: HybridScorer, order: ArtistOrder) -> np.ndarray:
+    """(n,) bool by position: the track credits an artist of the ArtistCF vocabulary."""
+    cf = scorer.cf_artists
+    assert cf is not None
+    return _kept_on(scorer, "_cf_at", lambda: (np.diff(cf.indptr) > 0)[order.rows])
 
 
 def _rank_before_scan(

@@ -310,9 +310,13 @@ class _UserGroup:
     """Users u0:u1 of a scan and their streaming top k (one worker thread's share).
 
     A scorer may add ``candidates(prepared, users, c0, c1, approx, bound)`` (the (rows, cols)
-    of a tile to score exactly, rows ascending, when its bar is not one per user) and
+    of a tile to score exactly, rows ascending, when its bar is not one per user),
     ``row_ids(prepared, cols)`` (database rows of chunk columns, when a chunk is not a run of
-    consecutive rows; the top k then takes ids in any order)."""
+    consecutive rows; the top k then takes ids in any order) and ``live(prepared, users, c0,
+    c1, bound)`` (positions within ``users`` of those that may have a candidate in the tile,
+    or None for all: the tile's product is then made for those users only, none at all when
+    there are none). With ``live``, ``approximate`` and ``candidates`` also take ``users`` as
+    an index array."""
 
     def __init__(self, u0: int, u1: int, k: int, floor: np.ndarray, ordered: bool = True) -> None:
         self.u0, self.u1 = u0, u1
@@ -327,6 +331,7 @@ class _UserGroup:
     def score_chunk(self, scorer: ChunkScorer, prepared: Any, start: int, size: int) -> None:
         candidates = getattr(scorer, "candidates", None)
         row_ids = getattr(scorer, "row_ids", None)
+        live = getattr(scorer, "live", None)
         for a in range(self.u0, self.u1, self.users_per_tile):
             b = min(self.u1, a + self.users_per_tile)
             local = slice(a - self.u0, b - self.u0)
@@ -335,16 +340,26 @@ class _UserGroup:
                 tolerance = tolerance[a:b]  # type: ignore[index]
             for c0 in range(0, size, self.width):
                 c1 = min(size, c0 + self.width)
-                shape = (b - a, c1 - c0)
-                out = self._cells[: shape[0] * shape[1]].reshape(shape)
-                approx = scorer.approximate(prepared, slice(a, b), c0, c1, out)
                 bound = np.maximum(self.best.threshold[local], self.best.floor[local])
+                users: slice | np.ndarray = slice(a, b)
+                tol = tolerance
+                some = None if live is None else live(prepared, users, c0, c1, bound)
+                if some is not None:  # (n,) positions in a:b: only they can have candidates
+                    if not len(some):
+                        continue
+                    users, bound = some + a, bound[some]
+                    tol = tolerance[some] if np.ndim(tolerance) else tolerance  # type: ignore[index]
+                shape = (len(bound), c1 - c0)
+                out = self._cells[: shape[0] * shape[1]].reshape(shape)
+                approx = scorer.approximate(prepared, users, c0, c1, out)
                 if candidates is None:
-                    bar = rounded_down(bound - tolerance)[:, None]
+                    bar = rounded_down(bound - tol)[:, None]
                     hit = np.greater_equal(approx, bar, out=self._hits[: out.size].reshape(shape))
                     rows, cols = np.divmod(np.flatnonzero(hit), c1 - c0)
                 else:
-                    rows, cols = candidates(prepared, slice(a, b), c0, c1, approx, bound)
+                    rows, cols = candidates(prepared, users, c0, c1, approx, bound)
+                if some is not None:
+                    rows = some[rows]
                 if len(rows):
                     exact = scorer.exact(prepared, rows + a, cols + c0)["score"]
                     ids = start + c0 + cols if row_ids is None else row_ids(prepared, cols + c0)

@@ -103,9 +103,11 @@ class StreamingTopK:
         if len(rows) == 0:
             return
         counts = np.bincount(rows, minlength=len(self.fill))
-        full = np.flatnonzero(self.fill + counts > self.scores.shape[1])
-        if len(full):
-            self._compact(full)
+        width = self.scores.shape[1]
+        if (self.fill + counts > width).any():
+            # with the full rows, those past half their room: rows of one stream fill at
+            # about the same pace, and one compaction of many rows costs about one of few
+            self._compact(np.flatnonzero(self.fill + counts > width - (width - self.k) // 2))
             if (self.fill + counts > self.scores.shape[1]).any():  # more than the room: halves
                 half = len(rows) // 2
                 self.push(rows[:half], ids[:half], scores[:half])
@@ -114,7 +116,6 @@ class StreamingTopK:
         first = np.cumsum(counts) - counts  # position of each row's first candidate in `rows`
         # flat buffer index of each candidate: its row's next free slot plus its place among
         # the row's candidates (one gather; a 2-d scatter takes twice as long)
-        width = self.scores.shape[1]
         base = np.arange(len(self.fill), dtype=np.int64) * width + self.fill - first
         at = base[rows] + np.arange(len(rows))
         np.put(self.scores, at, scores)
