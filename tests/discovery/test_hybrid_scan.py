@@ -398,3 +398,18 @@ def test_one_user_is_ranked_over_every_pair_until_the_scan_structures_exist(monk
     for rows, scores in (first, again):
         np.testing.assert_array_equal(rows, want[0])
         assert scores.tobytes() == want[1].tobytes()
+
+
+def test_a_few_ids_find_their_rows_without_the_spaces_hash_table() -> None:
+    """One user's history is looked up by one pass over the space's ids (building a table of
+    1,000,000 ids takes 0.3 s); many ids through the space's table; the same rows either way,
+    -1 for an id the space lacks, repeats answered each time."""
+    space = _space(np.random.default_rng(8))
+    few = np.array(["t5", "nope", "t19999", "t5", "t0"], dtype=object)
+    want = np.array([5, -1, 19_999, 5, 0])
+    np.testing.assert_array_equal(space.rows_of(few), want)
+    assert "_index" not in space.__dict__  # no table of the whole space was built
+    many = np.array([f"t{i}" for i in range(0, N_SPACE, 3)] + ["x"], dtype=object)
+    np.testing.assert_array_equal(space.rows_of(many), [*range(0, N_SPACE, 3), -1])
+    assert "_index" in space.__dict__
+    np.testing.assert_array_equal(space.rows_of(few), want)

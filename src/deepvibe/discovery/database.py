@@ -538,7 +538,10 @@ class TrackDatabase:
         with pq_file(self.path) as pf:
             for g in np.unique(group_of):
                 local = rows[group_of == g] - self._row_groups[g]
-                parts.append(pf.read_row_group(int(g), columns=read).take(pa.array(local)))
+                group = pf.read_row_group(int(g), columns=read)
+                # sorted distinct rows as many as the group's: all of them, in order (no copy)
+                whole = len(local) == group.num_rows
+                parts.append(group if whole else group.take(pa.array(local)))
         if not parts:
             schema = pq_file(self.path).schema_arrow
             return pa.table({c: pa.array([], schema.field(stored.get(c, c)).type)

@@ -46,6 +46,18 @@ from deepvibe.ranking.topk import StreamingTopK, top_k
 TILE = 64  # users per model call and per scoring tile (padded: one fixed shape)
 SLICE = 16_384  # space rows per scoring tile: (TILE x SLICE) float32, 4 MiB per worker
 _ROWS = 65_536  # tracks standardised at once (one pass over 1,000,000: 0.5 s of page faults)
+# fewer ids than the space's size over this are looked up without the space's own hash table
+# (building it for 1,000,000 ids takes 0.3 s; one user's history needs it once)
+_FEW_IDS = 64
+
+
+def _units_of(z: np.ndarray) -> np.ndarray:
+    """(n, f) float32 unit rows of standardised features, ``_ROWS`` rows at a time (row by
+    row: the same as in one pass; 0 rows stay 0)."""
+    units = np.zeros_like(z)
+    for a in range(0, len(z) if z.shape[1] else 0, _ROWS):
+        units[a : a + _ROWS] = unit_rows(z[a : a + _ROWS])
+    return units
 
 
 @dataclass(frozen=True)
@@ -72,12 +84,10 @@ class TrackSpace:
         if table.complete is not None:
             has &= np.asarray(table.complete, bool)
         z = np.zeros((n, raw.shape[1]), dtype=np.float32)
-        units = np.zeros_like(z)
         for a in range(0, n if raw.shape[1] else 0, _ROWS):  # temporaries that stay in cache
             b = min(a + _ROWS, n)
             known = has[a:b]
             z[a:b][known] = scaler.transform(raw[a:b][known]).astype(np.float32)
-            units[a:b] = unit_rows(z[a:b])  # row by row: the same as in one pass
         lists = table.artist_lists if table.artist_lists is not None else [()] * n
         keys, incidence = artist_matrix(lists)
         popularity = (
@@ -87,7 +97,7 @@ class TrackSpace:
         )
         return cls(
             track_ids=np.asarray(table.track_ids, dtype=object),
-            units=units,
+            units=_units_of(z),
             standardised=z,
             has_features=has,
             artists=incidence.tocsr(),
@@ -99,12 +109,55 @@ class TrackSpace:
             names=table.names,
         )
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Its numeric arrays, without ids and names (what :mod:`space_cache` keeps): plain
+        dtypes only, the artist keys as fixed-width text."""
+        keys = [str(k) for k in self.artist_keys]
+        return {
+            "standardised": self.standardised, "has_features": self.has_features,
+            "artist_indptr": self.artists.indptr, "artist_indices": self.artists.indices,
+            "artist_keys": np.array(keys, dtype=str) if keys else np.zeros(0, dtype="<U1"),
+            "catalogue_index": self.catalogue_index, "popularity": self.popularity,
+        }  # fmt: skip
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], track_ids: np.ndarray, names: np.ndarray | None
+    ) -> TrackSpace:
+        """The space :meth:`arrays` came from, given its ids and names."""
+        z = arrays["standardised"]
+        keys = arrays["artist_keys"]
+        artists = sp.csr_matrix(
+            (np.ones(len(arrays["artist_indices"]), np.float32), arrays["artist_indices"],
+             arrays["artist_indptr"]),
+            shape=(len(z), len(keys)),
+        )  # fmt: skip
+        return cls(
+            track_ids=np.asarray(track_ids, dtype=object), units=_units_of(z), standardised=z,
+            has_features=arrays["has_features"], artists=artists,
+            artist_keys=np.array([str(k) for k in keys], dtype=object),
+            catalogue_index=arrays["catalogue_index"], popularity=arrays["popularity"],
+            names=names,
+        )  # fmt: skip
+
     def __len__(self) -> int:
         return len(self.track_ids)
 
     def rows_of(self, track_ids: np.ndarray) -> np.ndarray:
-        """Space row of each id, -1 where the space does not hold it (a hash lookup)."""
-        return self._index.get_indexer(id_index(track_ids))
+        """Space row of each id, -1 where the space does not hold it: a hash lookup, or, for
+        a few distinct ids before the space's own table exists (one user's history), one
+        pass of the space's ids over a table of theirs."""
+        wanted = id_index(track_ids)
+        if "_index" in self.__dict__ or len(wanted) * _FEW_IDS > len(self):
+            return self._index.get_indexer(wanted)
+        if not wanted.is_unique:
+            uniq, back = np.unique(np.asarray(track_ids, dtype=object), return_inverse=True)
+            return self.rows_of(uniq)[back.ravel()]
+        at = wanted.get_indexer(id_index(self.track_ids))  # (n,) each row's place in wanted
+        rows = np.full(len(wanted), -1, np.int64)
+        hit = np.flatnonzero(at >= 0)
+        rows[at[hit]] = hit
+        return rows
 
     @functools.cached_property
     def _index(self) -> pd.Index:
@@ -113,13 +166,16 @@ class TrackSpace:
 
     def to_space(self, plays: sp.csr_matrix, track_ids: np.ndarray) -> sp.csr_matrix:
         """(U, len(track_ids)) plays -> (U, n) over the space's rows; unknown tracks drop."""
-        rows = self.rows_of(track_ids)
+        plays = sp.csr_matrix(plays, dtype=np.float32)
+        used = np.unique(plays.indices)  # only the ids someone played are looked up
+        rows = np.full(len(track_ids), -1, np.int64)
+        rows[used] = self.rows_of(np.asarray(track_ids, dtype=object)[used])
         known = np.flatnonzero(rows >= 0)
         pick = sp.csr_matrix(
             (np.ones(len(known), np.float32), (known, rows[known])),
             shape=(len(track_ids), len(self)),
         )
-        return sp.csr_matrix(sp.csr_matrix(plays, dtype=np.float32) @ pick)
+        return sp.csr_matrix(plays @ pick)
 
     def same_artist_tracks(self, history: sp.csr_matrix) -> sp.csr_matrix:
         """(U, n) history -> (U, n) bool: tracks crediting any artist of the history (each
