@@ -260,28 +260,42 @@ def users_per_second(
 
 
 def hybrid_vs_dna(
-    cwd: Path, n_users: int, repeat: int, out: tuple[str, ...] = ()
-) -> dict[str, object]:
+    cwd: Path, n_users: int, repeat: int, out: tuple[str, ...] = (),
+    hybrid_sets: tuple[str, ...] = (),
+) -> dict[str, object]:  # fmt: skip
     """Time per user of the hybrid discovery (``--source db``) over that of the DNA-only
     scan (``--source dna``), same database, same users, same process layout, runs
     interleaved (dna 1 user, dna N users, hybrid 1 user, hybrid N users) so that a change of
     the machine's load hits both; issue 10 asks for <= 1.25. ``out``: extra arguments of
     both (``--out FILE``: the long table instead of a CSV pair per user, whose file creation
-    varies by the minute on some file systems)."""
-    runs: dict[str, list[tuple[float, float, float, float]]] = {"dna": [], "db": []}
+    varies by the minute on some file systems); ``hybrid_sets``: ``KEY=VALUE`` settings of the
+    hybrid's runs only (``discover.weights.artist=3``: weights other than the fitted ones).
+
+    Two costs per user: after the first, (T(N) - T(1)) / (N - 1), which counts what a batch
+    builds once and one user does without (the hybrid's artist order and its id table); and
+    the marginal one, (T(N) - T(N/2)) / (N - N/2), users 1 to N/2 named on the command line,
+    where both runs build the same."""
+    runs: dict[str, list[tuple[float, ...]]] = {"dna": [], "db": []}
+    first_half = [f"user_{u}" for u in range(1, n_users // 2 + 1)]
     for _ in range(repeat):
         for source in ("dna", "db"):
             extra = ["--no-progress", "--source", source, *out]
+            if source == "db":
+                extra += [a for s in hybrid_sets for a in ("--set", s)]
             one = run_cli(cwd, ["discover", "user_1", *extra]), CPU_SECONDS[-1]
+            half = run_cli(cwd, ["discover", *first_half, *extra]), CPU_SECONDS[-1]
             many = run_cli(cwd, ["discover", "--all", *extra]), CPU_SECONDS[-1]
-            runs[source].append((*one, *many))
-    result: dict[str, object] = {"extra": " ".join(out)}
+            runs[source].append((*one, *many, *half))
+    result: dict[str, object] = {"extra": " ".join(out), "hybrid_sets": list(hybrid_sets)}
     for source, label in (("dna", "dna_only"), ("db", "hybrid")):
-        one, one_cpu, many, many_cpu = np.median(runs[source], axis=0)
+        one, one_cpu, many, many_cpu, half, half_cpu = np.median(runs[source], axis=0)
+        rest = n_users - len(first_half)
         result[label] = {
-            "one_user_s": float(one), "all_users_s": float(many),
+            "one_user_s": float(one), "half_users_s": float(half), "all_users_s": float(many),
             "ms_per_user": 1e3 * float(many - one) / (n_users - 1),
             "cpu_ms_per_user": 1e3 * float(many_cpu - one_cpu) / (n_users - 1),
+            "marginal_ms_per_user": 1e3 * float(many - half) / rest,
+            "marginal_cpu_ms_per_user": 1e3 * float(many_cpu - half_cpu) / rest,
             "users_per_s": (n_users - 1) / float(many - one),
             "users_per_cpu_s": (n_users - 1) / float(many_cpu - one_cpu),
         }  # fmt: skip
@@ -289,6 +303,12 @@ def hybrid_vs_dna(
     result["hybrid_over_dna"] = hybrid["ms_per_user"] / dna["ms_per_user"]  # type: ignore[index]
     result["hybrid_over_dna_cpu"] = (
         hybrid["cpu_ms_per_user"] / dna["cpu_ms_per_user"]  # type: ignore[index]
+    )
+    result["marginal_hybrid_over_dna"] = (
+        hybrid["marginal_ms_per_user"] / dna["marginal_ms_per_user"]  # type: ignore[index]
+    )
+    result["marginal_hybrid_over_dna_cpu"] = (
+        hybrid["marginal_cpu_ms_per_user"] / dna["marginal_cpu_ms_per_user"]  # type: ignore[index]
     )
     result["one_user_hybrid_over_dna"] = hybrid["one_user_s"] / dna["one_user_s"]  # type: ignore[index]
     result["load_average"] = os.getloadavg()
@@ -324,6 +344,7 @@ def bench_batch(
     compare_hybrid: bool = False,
     baseline_sources: tuple[str, ...] = (),
     hybrid_only: bool = False,
+    hybrid_sets: tuple[str, ...] = (),
 ) -> dict[str, object]:
     """``discover --all`` for ``n_users`` over the database in ``root/data``: this package
     against ``rev``'s, each in its own folder (own cache, own reports), their runs interleaved
@@ -336,15 +357,16 @@ def bench_batch(
     if not hybrid_only:
         out.update(_against_baseline(root, n_users, rev, repeat, check, baseline_sources))
     if compare_hybrid or hybrid_only:
-        out["hybrid_vs_dna"] = hybrid_vs_dna(root, n_users, repeat)
+        out["hybrid_vs_dna"] = hybrid_vs_dna(root, n_users, repeat, (), hybrid_sets)
         print("batch, hybrid vs DNA-only:", out["hybrid_vs_dna"], flush=True)
         out["hybrid_vs_dna_long_table"] = hybrid_vs_dna(
-            root, n_users, repeat, ("--out", "recs_both.parquet")
+            root, n_users, repeat, ("--out", "recs_both.parquet"), hybrid_sets
         )
         print("batch, hybrid vs DNA-only, --out:", out["hybrid_vs_dna_long_table"], flush=True)
         alone_db = root / "alone_db"
         for u in range(1, n_users + 1, max(1, n_users // check)):
-            run_cli(root, ["discover", f"user_{u}", "--no-progress", "--source", "db",
+            sets = [a for s in hybrid_sets for a in ("--set", s)]
+            run_cli(root, ["discover", f"user_{u}", "--no-progress", "--source", "db", *sets,
                            "--set", f"paths.recommendations_dir={alone_db}"])  # fmt: skip
         same, compared = same_reports(root / "recommendations", alone_db)
         out["hybrid_reports_identical_to_alone"] = f"{same} of {compared} files"
@@ -569,6 +591,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--hybrid-only", action="store_true",
         help="with --batch: only the hybrid against the DNA-only scan (no baseline rounds)",
     )  # fmt: skip
+    ap.add_argument(
+        "--hybrid-set", action="append", default=[], metavar="KEY=VALUE",
+        help="a setting of the hybrid's runs only, e.g. discover.weights.artist=3 (repeatable)",
+    )  # fmt: skip
     ap.add_argument("--check-users", type=int, default=20, help="users re-run alone")
     ap.add_argument("--many-users", type=int, default=0, help="users for the memory test")
     ap.add_argument("--big", type=int, default=None, help="tracks in the cache memory test")
@@ -618,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         if "batch" in parts:
             result["batch"] = bench_batch(
                 root, args.batch, args.baseline_rev, args.repeat, args.check_users, args.hybrid,
-                tuple(args.baseline_source), args.hybrid_only,
+                tuple(args.baseline_source), args.hybrid_only, tuple(args.hybrid_set),
             )  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)
         if "many_users" in parts:

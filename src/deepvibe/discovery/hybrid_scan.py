@@ -249,6 +249,11 @@ class HybridChunkScorer:
         if penalty is not None:
             low = float(np.min(penalty, where=np.isfinite(penalty), initial=0.0))
         self.reach = (norm - low) + 1e-5 * (norm + abs(low))
+        # whether live can find anything: some user's floor is out of the DNA part's reach
+        # where a segment has no room (otherwise, bars rising during the scan aside, every
+        # tile is live for every user and the test only costs time)
+        with np.errstate(invalid="ignore"):
+            self.pruning_tiles = bool((self.reach < self.floor - tolerance).any())
 
     def select(self, users: np.ndarray) -> HybridChunkScorer:
         strong = StrongArtists(self.strong.lift[users], self.strong.column)
@@ -286,6 +291,8 @@ class HybridChunkScorer:
         tile's segments (None: all of them). Where the lifts ranked before the scan already
         put a user's k-th best above w_dna plus the tile's rooms, the tile's product is not
         made for that user: a lift that outweighs the DNA part prunes by itself."""
+        if not self.pruning_tiles:
+            return None
         p0 = int(prepared["start"]) + c0  # type: ignore[call-overload]
         g0, g1 = p0 // _SEGMENT, (p0 + c1 - c0 - 1) // _SEGMENT + 1
         with np.errstate(invalid="ignore"):  # -inf - -inf: NaN, as candidates' bars
