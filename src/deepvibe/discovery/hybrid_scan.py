@@ -293,8 +293,7 @@ class HybridChunkScorer:
         made for that user: a lift that outweighs the DNA part prunes by itself."""
         if not self.pruning_tiles:
             return None
-        p0 = int(prepared["start"]) + c0  # type: ignore[call-overload]
-        g0, g1 = p0 // _SEGMENT, (p0 + c1 - c0 - 1) // _SEGMENT + 1
+        _, g0, g1 = _tile_segments(prepared, c0, c1)
         with np.errstate(invalid="ignore"):  # -inf - -inf: NaN, as candidates' bars
             room = self.rooms[users, g0:g1].max(axis=1)
             lowest = rounded_down(bound - self.tolerance[users] - room)
@@ -308,9 +307,8 @@ class HybridChunkScorer:
         """(rows, cols) of the tile's pairs whose DNA part could lift them to ``bound``: one
         bar per (user, segment), the bound less the segment's room; the comparison of the
         DNA-only scan, one per segment instead of one per tile."""
-        p0 = int(prepared["start"]) + c0  # type: ignore[call-overload]
+        p0, g0, g1 = _tile_segments(prepared, c0, c1)
         width = c1 - c0
-        g0, g1 = p0 // _SEGMENT, (p0 + width - 1) // _SEGMENT + 1
         with np.errstate(invalid="ignore"):  # -inf room: +inf bar, never a candidate
             bars = rounded_down((bound - self.tolerance[users])[:, None] - self.rooms[users, g0:g1])
         b = approx.shape[0]
@@ -351,6 +349,12 @@ class HybridChunkScorer:
             out[seeded] = -np.inf
         score[live] = out
         return {"score": score.astype(np.float64)}
+
+
+def _tile_segments(prepared: dict[str, np.ndarray], c0: int, c1: int) -> tuple[int, int, int]:
+    """(first position, first segment, end segment) of a chunk's columns c0:c1."""
+    p0 = int(prepared["start"]) + c0  # type: ignore[call-overload]
+    return p0, p0 // _SEGMENT, (p0 + c1 - c0 - 1) // _SEGMENT + 1
 
 
 @dataclass(frozen=True)
