@@ -37,7 +37,13 @@ import scipy.sparse as sp
 from deepvibe.data.tables import FeatureScaler
 from deepvibe.discovery import hybrid_scan, scan
 from deepvibe.discovery.hybrid import HybridWeights, artist_share_matrix, unit_rows, zscore_rows
-from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
+from deepvibe.discovery.signals import (
+    HybridScorer,
+    TrackSpace,
+    UserInputs,
+    rank_space,
+    space_units,
+)
 from deepvibe.model.artist_cf import ArtistCF
 
 N_FEATURES, N_CATALOGUE, N_LISTENERS = 12, 1000, 2000
@@ -75,7 +81,7 @@ def build(
     keys = np.array([f"a{i}" for i in range(n_artists)], dtype=object)
     space = TrackSpace(
         track_ids=np.array([f"t{i}" for i in range(n_tracks)], dtype=object),
-        units=unit_rows(z), standardised=z, has_features=np.ones(n_tracks, bool),
+        units=space_units(z), standardised=z, has_features=np.ones(n_tracks, bool),
         artists=artists, artist_keys=keys, catalogue_index=catalogue_index,
         popularity=rng.integers(0, 101, n_tracks).astype(np.float32),
     )  # fmt: skip

@@ -12,9 +12,15 @@ import scipy.sparse as sp
 
 from deepvibe.discovery import hybrid_scan
 from deepvibe.discovery.discoverer import gems_penalty
-from deepvibe.discovery.hybrid import HybridWeights, artist_share_matrix, unit_rows, zscore_rows
+from deepvibe.discovery.hybrid import HybridWeights, artist_share_matrix, zscore_rows
 from deepvibe.discovery.hybrid_scan import pair_scores, rank_database
-from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
+from deepvibe.discovery.signals import (
+    HybridScorer,
+    TrackSpace,
+    UserInputs,
+    rank_space,
+    space_units,
+)
 from deepvibe.model.artist_cf import ArtistCF
 
 N_SPACE, N_ARTISTS, N_CATALOGUE, N_USERS = 20_000, 1500, 900, 70
@@ -44,7 +50,7 @@ def _space(rng: np.random.Generator, n_artists: int = N_ARTISTS) -> TrackSpace:
     popularity[rng.random(N_SPACE) < 0.05] = np.nan
     return TrackSpace(
         track_ids=np.array([f"t{i}" for i in range(N_SPACE)], dtype=object),
-        units=unit_rows(z), standardised=z, has_features=has, artists=artists,
+        units=space_units(z), standardised=z, has_features=has, artists=artists,
         artist_keys=np.array([f"a{i}" for i in range(n_artists)], dtype=object),
         catalogue_index=catalogue_index, popularity=popularity,
     )  # fmt: skip

@@ -142,7 +142,7 @@ def test_defect_hybrid_score_depends_on_the_users_row_in_the_tile() -> None:
     rng = np.random.default_rng(3)
     n, f = 20_000, 12
     units = rng.normal(size=(n, f)).astype(np.float32)
-    units /= np.linalg.norm(units, axis=1, keepdims=True)
+    units = signals.space_units(units)  # unit rows on the grid, as TrackSpace holds them
     space = TrackSpace(
         track_ids=np.array([f"t{i}" for i in range(n)], dtype=object), units=units,
         standardised=units, has_features=np.ones(n, bool),

@@ -92,7 +92,10 @@ MODEL_ROWS = 64  # users per model call, padded: one fixed shape, so one user's 
 _MIN_TAIL = 128  # users: a last block of at least twice this many is split (block_bounds)
 _BUFFER_CELLS = 1 << 23  # (users x candidates) cells of a scan's top-k buffers per block
 _QUANTILES = np.linspace(0.0, 1.0, 1001)
-_REASON_USERS = 128  # users per thread of _reasons, at least
+# users per group of _reasons: each group's (pairs,) arrays stay a few MiB (whole-block ones,
+# over 32 MiB, are mapped fresh by malloc each time: page faults cost more than the work)
+_REASON_USERS = 128
+_PAIR_ROWS = 65_536  # pairs per step of _pair_cosines, for the same reason
 MODES: tuple[Mode, ...] = ("standard", "gems", "new-artists", "gems-new-artists")
 
 
@@ -418,7 +421,7 @@ class Discoverer:
         picked = rows[users, slot]  # space rows are database rows
         uniq, where = np.unique(picked, return_inverse=True)
         tracks = track_table(db.take_arrow(uniq))  # one metadata read for the whole block
-        similarity = np.einsum("ij,ij->i", inputs.dna[users], space.units[picked])
+        similarity = _pair_cosines(inputs.dna, space.units, users, picked)
         reasons = _reasons(scorer, inputs, rows, found, space, similarity)
         score = scores[users, slot].astype(np.float64)
         hits = _Hits(users, where, similarity.astype(np.float64), score, reasons)
@@ -581,24 +584,23 @@ def _reasons(
     cosine: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``why`` of each found (user, track), users in order: the part that added most,
-    as :func:`deepvibe.discovery.hybrid.why` says it, for the whole block at once, its users
-    split between the scan's worker threads (one thread took 0.1-0.2 s per 1,024 users while
+    as :func:`deepvibe.discovery.hybrid.why` says it, for groups of ``_REASON_USERS`` users
+    shared by the scan's worker threads (one thread took 0.1-0.2 s per 1,024 users while
     the other core waited).
 
     Parts are computed pair by pair, so a user's reasons do not depend on who else is in
     the block; ``cosine``: the pairs' DNA cosines, where the caller has them already."""
     n_users = found.shape[0]
-    n_groups = max(1, min(workers(), n_users // _REASON_USERS))
-    if n_groups == 1:
+    if n_users <= _REASON_USERS:
         return _reasons_of(scorer, inputs, rows, found, space, cosine)
-    bounds = np.linspace(0, n_users, n_groups + 1).astype(int)
+    bounds = np.append(np.arange(0, n_users, _REASON_USERS), n_users)
     first = np.concatenate([[0], np.cumsum(found.sum(axis=1))])  # each user's first pair
 
     def part(a: int, b: int) -> np.ndarray:
         mine = None if cosine is None else cosine[first[a] : first[b]]
         return _reasons_of(scorer, inputs.select(slice(a, b)), rows[a:b], found[a:b], space, mine)
 
-    with ThreadPoolExecutor(n_groups) as pool:
+    with ThreadPoolExecutor(min(workers(), len(bounds) - 1)) as pool:
         return np.concatenate(list(pool.map(part, bounds[:-1], bounds[1:])))
 
 
@@ -640,6 +642,18 @@ def _reasons_of(
     return out
 
 
+def _pair_cosines(
+    dna: np.ndarray, units: np.ndarray, users: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    """(H,) the dot of ``dna[users[i]]`` (U, f) and ``units[rows[i]]`` (n, f), pair by pair,
+    ``_PAIR_ROWS`` pairs at a time."""
+    out = np.empty(len(users), np.result_type(dna, units))
+    for a in range(0, len(users), _PAIR_ROWS):
+        b = a + _PAIR_ROWS
+        out[a:b] = np.einsum("ij,ij->i", dna[users[a:b]], units[rows[a:b]])
+    return out
+
+
 def _pair_parts(
     scorer: HybridScorer, inputs: UserInputs, users: np.ndarray, picked: np.ndarray,
     cosine: np.ndarray | None = None,
@@ -650,7 +664,7 @@ def _pair_parts(
     unit = HybridWeights(dna=0.0, artist=1.0, collab=1.0, decoder=1.0)
     out = PairScorer(scorer, inputs, unit, None).parts(users, picked)
     if cosine is None:  # the report's similarity column, when the caller has it
-        cosine = np.einsum("ij,ij->i", inputs.dna[users], scorer.space.units[picked])
+        cosine = _pair_cosines(inputs.dna, scorer.space.units, users, picked)
     cos = np.array(cosine, np.float32)
     cos[~scorer.space.has_features[picked]] = np.nan
     out["dna"] = cos.astype(np.float32)

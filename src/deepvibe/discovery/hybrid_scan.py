@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ from deepvibe.ranking.topk import StreamingTopK
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_BUILDING = threading.RLock()  # see _kept_on
 
 _SAMPLE = 8192  # space rows behind each user's F
 _MARGIN = 3  # F aims at _MARGIN * k tracks, so falling short of k is rare
@@ -85,7 +87,6 @@ _EXCESS_SHARES = 32  # per user, this many share artists get their own room
 _POWER = 16  # the p of _add_most's p-norm
 _PRODUCT_SHARE = 0.05  # step 3 scores a run by a product if the scan would score this share
 _EXCESS_SAMPLE = 1024  # ArtistCF columns behind each user's c_u
-_ROWS = 65_536  # positions ArtistOrder.of arranges at once
 _DENSE_SEGMENTS = 16  # segments scored by one product at most (4,096 positions)
 _DENSE_SHARE = 0.1  # a segment is scored by products where the scan would score this share
 # (of 0.02-0.2, the fastest on both Zipf catalogues of docs/BENCHMARKS.md)
@@ -101,9 +102,9 @@ class ArtistOrder:
     rows: np.ndarray  # (n,) int64: space row at each position
     artist: np.ndarray  # (n,) int64: the single artist at each position, -1 for the others
     catalogue: np.ndarray  # (n,) int64: catalogue column at each position, -1 outside
-    units: np.ndarray  # (f, n) float32 unit features in this order (the scan's DNA side)
-    grid: np.ndarray  # (n, f) float32 the same on the grid of dna.on_grid (exact cosines),
-    # by row: a pair's 12 values in one cache line
+    grid: np.ndarray  # (n, f) float32 the space's unit features (on the grid of dna.on_grid:
+    # exact cosines) in this order, by row: a pair's 12 values in one cache line; the scan's
+    # DNA side
     first: np.ndarray  # (A,) int64: each artist's first position (outside the catalogue)
     count: np.ndarray  # (A,) int64: its number of positions there
     position: np.ndarray  # (n,) int64: the position of each space row
@@ -139,17 +140,12 @@ class ArtistOrder:
         rows = np.argsort(key * (n_artists + 1) + place + 1, kind="stable")
         by_rank = np.bincount(key[rows], minlength=n_artists + 2)[:n_artists].astype(np.int64)
         count, first = by_rank[rank], (np.cumsum(by_rank) - by_rank)[rank]  # by artist
-        n, f = space.units.shape
-        units, grid = np.empty((f, n), np.float32), np.empty((n, f), np.float32)
-        for a in range(0, n, _ROWS):  # temporaries that stay in cache (whole: 3x the time)
-            here = space.units[rows[a : a + _ROWS]]
-            units[:, a : a + _ROWS] = here.T
-            grid[a : a + _ROWS] = on_grid(here)
+        grid = np.take(space.units, rows, axis=0)  # already on the grid (see TrackSpace)
         position = np.empty(len(rows), np.int64)
         position[rows] = np.arange(len(rows))
         return cls(
-            rows, artist[rows], space.catalogue_index[rows].astype(np.int64), units, grid,
-            first, count, position,
+            rows, artist[rows], space.catalogue_index[rows].astype(np.int64), grid, first,
+            count, position,
         )  # fmt: skip
 
 
@@ -190,7 +186,7 @@ class SpaceChunks:
 
     def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray, None]]:
         for start in range(0, self.n_tracks, size):
-            yield start, self.order.units[:, start : start + size].T, None
+            yield start, self.order.grid[start : start + size], None
 
 
 @dataclass(frozen=True)
@@ -376,17 +372,18 @@ class Segments:
     def of(cls, scorer: HybridScorer, order: ArtistOrder) -> Segments:
         n = len(order.rows)
         n_seg = -(-n // _SEGMENT)
-        segment = np.arange(n) // _SEGMENT
+        starts = np.arange(0, n, _SEGMENT)
 
         def incidence(by_position: sp.csr_matrix) -> sp.csr_matrix:  # (n, X) -> (X, G)
-            coo = sp.coo_matrix(by_position)
+            # positions are rows, so a segment's entries are one slice: (G, X) without a sort
+            bounds = by_position.indptr[np.append(starts, n)]
             out = sp.csr_matrix(
-                (np.ones(coo.nnz), (coo.col, segment[coo.row])),
-                shape=(by_position.shape[1], n_seg),
+                (np.ones(by_position.nnz), by_position.indices.copy(), bounds),  # sorted here
+                shape=(n_seg, by_position.shape[1]),
             )
             out.sum_duplicates()
             out.data[:] = 1.0
-            return out
+            return out.T.tocsr()
 
         by_position = sp.csr_matrix(scorer.space.artists[order.rows])
         artists = incidence(by_position)
@@ -405,8 +402,7 @@ class Segments:
             by_position = sp.csr_matrix(scorer.cf_artists[order.rows])
             cf = incidence(by_position)
             credited = (np.diff(by_position.indptr) > 0).astype(np.int64)
-            has_cf = np.add.reduceat(credited, np.arange(0, n, _SEGMENT)) > 0
-        starts = np.arange(0, n, _SEGMENT)
+            has_cf = np.add.reduceat(credited, starts) > 0
         single = np.where(order.catalogue < 0, order.artist, -1)
         lo = np.minimum.reduceat(single, starts)
         hi = np.maximum.reduceat(single, starts)
@@ -987,11 +983,15 @@ def _max_row(matrix: sp.csr_matrix) -> np.ndarray:
 
 
 def _kept_on(scorer: HybridScorer, name: str, build: Callable[[], T]) -> T:
-    """``build()``, made once per scorer (one space) and kept on it for every block."""
+    """``build()``, made once per scorer (one space) and kept on it for every block; once,
+    too, when worker threads ask at the same time (both built Segments in a first block)."""
     out = getattr(scorer, name, None)
     if out is None:
-        out = build()
-        setattr(scorer, name, out)
+        with _BUILDING:  # re-entrant: one build may ask for another (Segments: the order)
+            out = getattr(scorer, name, None)
+            if out is None:
+                out = build()
+                setattr(scorer, name, out)
     return out
 
 

@@ -51,12 +51,14 @@ _ROWS = 65_536  # tracks standardised at once (one pass over 1,000,000: 0.5 s of
 _FEW_IDS = 64
 
 
-def _units_of(z: np.ndarray) -> np.ndarray:
-    """(n, f) float32 unit rows of standardised features, ``_ROWS`` rows at a time (row by
-    row: the same as in one pass; 0 rows stay 0)."""
+def space_units(z: np.ndarray) -> np.ndarray:
+    """(n, f) float32 unit rows of standardised features on the grid of
+    :func:`~deepvibe.discovery.dna.on_grid` (exact in float32; the exact pair scores need
+    them there, so the scan's arrays are a gather, not a rounding pass per run), ``_ROWS``
+    rows at a time (row by row: the same as in one pass; 0 rows stay 0)."""
     units = np.zeros_like(z)
     for a in range(0, len(z) if z.shape[1] else 0, _ROWS):
-        units[a : a + _ROWS] = unit_rows(z[a : a + _ROWS])
+        units[a : a + _ROWS] = on_grid(unit_rows(z[a : a + _ROWS]))
     return units
 
 
@@ -65,7 +67,8 @@ class TrackSpace:
     """Every track the hybrid may rank; rows are the space's own order."""
 
     track_ids: np.ndarray  # (n,) str
-    units: np.ndarray  # (n, f) float32 unit rows of the standardised features (0 if unknown)
+    units: np.ndarray  # (n, f) float32 unit rows of the standardised features (0 if unknown),
+    # on dna.on_grid's grid
     standardised: np.ndarray  # (n, f) float32 standardised features (0 if unknown)
     has_features: np.ndarray  # (n,) bool
     artists: sp.csr_matrix  # (n, A) binary track x artist incidence
@@ -97,7 +100,7 @@ class TrackSpace:
         )
         return cls(
             track_ids=np.asarray(table.track_ids, dtype=object),
-            units=_units_of(z),
+            units=space_units(z),
             standardised=z,
             has_features=has,
             artists=incidence.tocsr(),
@@ -133,7 +136,7 @@ class TrackSpace:
             shape=(len(z), len(keys)),
         )  # fmt: skip
         return cls(
-            track_ids=np.asarray(track_ids, dtype=object), units=_units_of(z), standardised=z,
+            track_ids=np.asarray(track_ids, dtype=object), units=space_units(z), standardised=z,
             has_features=arrays["has_features"], artists=artists,
             artist_keys=np.array([str(k) for k in keys], dtype=object),
             catalogue_index=arrays["catalogue_index"], popularity=arrays["popularity"],
