@@ -24,6 +24,7 @@ from deepvibe.discovery.hybrid import (
     pool_ndcg,
     score_chunk,
     score_direct,
+    strongest_part,
     unit_rows,
     why,
 )
@@ -332,3 +333,20 @@ def test_paired_gain_and_gate() -> None:
     assert gain == pytest.approx(0.05) and se == pytest.approx(0.85)
     assert not gain_is_real(gain, se, min_gain=0.005, z=1.0)
     assert gain_is_real(gain, se, min_gain=0.005, z=0.0)
+
+
+def test_strongest_part_breaks_ties_by_the_first_part_and_skips_nan_and_no_history() -> None:
+    """The rule behind every why, on cases with a known answer: the largest part wins; a tie
+    goes to the first of ``names``; NaN never wins over a number (-inf does); the DNA part is
+    no reason for a user without history features; a part at or below 0 is not said unless
+    it is the DNA part."""
+    names = ["artist", "collab", "dna"]
+    contrib = np.array([
+        [0.5, 0.2, np.nan, 0.0, 0.1, np.nan, -np.inf],   # artist
+        [0.5, 0.3, -np.inf, -0.1, 0.2, np.nan, np.nan],  # collab
+        [0.1, 0.9, np.nan, -0.2, 0.3, 0.4, -1.0],        # dna
+    ])  # fmt: skip
+    no_history = np.array([False, True, False, False, False, False, True])
+    best, said = strongest_part(contrib, names, no_history)
+    np.testing.assert_array_equal(best, [0, 1, 1, 0, 2, 2, 0])
+    np.testing.assert_array_equal(said, [True, True, False, False, True, True, False])

@@ -4,6 +4,8 @@ in every mode, with exact ties, near-ties and multi-artist credits."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -419,3 +421,42 @@ def test_a_few_ids_find_their_rows_without_the_spaces_hash_table() -> None:
     np.testing.assert_array_equal(space.rows_of(many), [*range(0, N_SPACE, 3), -1])
     assert "_index" in space.__dict__
     np.testing.assert_array_equal(space.rows_of(few), want)
+
+
+def test_the_scan_order_gathers_the_spaces_grid_units_and_its_structures_are_built_once() -> None:
+    """Unit features sit on dna.on_grid's grid (the exact pair scores need them there), so
+    ArtistOrder's copy is the space's rows in its order, nothing rounded again; Segments and
+    ArtistOrder are built once per scorer even when the worker threads ask together."""
+    from deepvibe.discovery.dna import on_grid
+
+    scorer, _ = _scorer_and_inputs(11)
+    units = scorer.space.units
+    assert units.dtype == np.float32 and np.array_equal(on_grid(units), units)
+    has = scorer.space.has_features
+    np.testing.assert_allclose(np.linalg.norm(units[has], axis=1), 1.0, atol=1e-6)
+    assert not units[~has].any()
+    built = []
+    real = hybrid_scan.ArtistOrder.of
+
+    def slow_of(space, favoured=None):  # noqa: ANN001, ANN202
+        built.append(1)
+        time.sleep(0.05)  # both threads are inside _kept_on by now
+        return real(space, favoured)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(hybrid_scan.ArtistOrder, "of", staticmethod(slow_of))
+        with ThreadPoolExecutor(4) as pool:
+            orders = list(pool.map(lambda _: hybrid_scan._artist_order(scorer), range(4)))
+            segments = list(pool.map(lambda _: hybrid_scan._segments(scorer, orders[0]), range(4)))
+    assert built == [1] and all(o is orders[0] for o in orders)
+    assert all(s is segments[0] for s in segments)
+    order = orders[0]
+    assert order.grid.tobytes() == units[order.rows].tobytes()
+    # the incidence: artist a is credited in segment g exactly when a track there credits it
+    seg = np.arange(len(order.rows)) // hybrid_scan._SEGMENT
+    credited = scorer.space.artists[order.rows].tocoo()
+    want = sp.csr_matrix(
+        (np.ones(credited.nnz), (credited.col, seg[credited.row])), shape=segments[0].artists.shape
+    )
+    want.data[:] = 1.0
+    assert (segments[0].artists != want).nnz == 0
