@@ -301,26 +301,23 @@ class HybridChunkScorer:
         approx: np.ndarray, bound: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """(rows, cols) of the tile's pairs whose DNA part could lift them to ``bound``: one
-        bar per (user, segment), the bound less the segment's room; the comparison of the
-        DNA-only scan, one per segment instead of one per tile."""
+        bar per (user, segment), the bound less the segment's room. The tile is compared with
+        each user's lowest bar, as the DNA-only scan compares it with one bar per user; the
+        few pairs that pass are held to their own segment's bar (in float64: a float32 value
+        reaches x exactly when it reaches the largest float32 not above x)."""
         p0, g0, g1 = _tile_segments(prepared, c0, c1)
         width = c1 - c0
-        with np.errstate(invalid="ignore"):  # -inf room: +inf bar, never a candidate
-            bars = rounded_down((bound - self.tolerance[users])[:, None] - self.rooms[users, g0:g1])
-        b = approx.shape[0]
-        hit = np.empty((b, width), bool)
-        head = min(width, (g0 + 1) * _SEGMENT - p0)  # columns in the first segment
-        np.greater_equal(approx[:, :head], bars[:, :1], out=hit[:, :head])
-        whole = (width - head) // _SEGMENT
-        mid = head + whole * _SEGMENT
-        if whole:
-            inner = approx[:, head:mid].reshape(b, whole, _SEGMENT)
-            into = hit[:, head:mid].reshape(b, whole, _SEGMENT)  # a view: rows stay strided
-            assert np.may_share_memory(into, hit)
-            np.greater_equal(inner, bars[:, 1 : 1 + whole, None], out=into)
-        if mid < width:
-            np.greater_equal(approx[:, mid:], bars[:, -1:], out=hit[:, mid:])
-        return np.divmod(np.flatnonzero(hit), width)
+        top = (bound - self.tolerance[users]).astype(np.float64)  # (b,)
+        rooms = self.rooms[users, g0:g1]  # (b, g1 - g0)
+        with np.errstate(invalid="ignore"):  # -inf room: +inf bar (NaN: -inf bound), none
+            lowest = rounded_down(top - rooms.max(axis=1))
+        rows, cols = np.divmod(np.flatnonzero(approx >= lowest[:, None]), width)
+        if len(rows):
+            with np.errstate(invalid="ignore"):
+                bar = top[rows] - rooms[rows, (p0 + cols) // _SEGMENT - g0]
+            keep = np.flatnonzero(approx[rows, cols] >= bar)
+            rows, cols = rows[keep], cols[keep]
+        return rows, cols
 
     def row_ids(self, prepared: dict[str, np.ndarray], cols: np.ndarray) -> np.ndarray:
         return prepared["rows"][cols]
