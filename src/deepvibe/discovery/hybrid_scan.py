@@ -262,8 +262,8 @@ class HybridChunkScorer:
         )  # fmt: skip
 
     def prepare(self, chunk: TrackChunk) -> dict[str, np.ndarray | int | None]:
-        """The chunk's first position, rows, features, penalty, strong-artist column and
-        catalogue column at each position."""
+        """The chunk's first position, rows, features, penalty and strong-artist column at
+        each position."""
         size = chunk.features.shape[1]
         at = slice(chunk.start, chunk.start + size)
         rows, artist = self.order.rows[at], self.order.artist[at]
@@ -271,7 +271,7 @@ class HybridChunkScorer:
         pen = None if self.penalty is None else self.penalty[rows].astype(np.float32)
         return {
             "start": chunk.start, "rows": rows, "units32": chunk.features, "penalty32": pen,
-            "column": column, "catalogue": self.order.catalogue[at],
+            "column": column,
         }  # fmt: skip
 
     def approximate(
@@ -290,11 +290,19 @@ class HybridChunkScorer:
         if not self.pruning_tiles:
             return None
         _, g0, g1 = _tile_segments(prepared, c0, c1)
-        with np.errstate(invalid="ignore"):  # -inf - -inf: NaN, as candidates' bars
-            room = self.rooms[users, g0:g1].max(axis=1)
-            lowest = rounded_down(bound - self.tolerance[users] - room)
-        alive = self.reach[users] >= lowest
+        alive = self.reach[users] >= self._bars(users, g0, g1, bound)[2]
         return None if alive.all() else np.flatnonzero(alive)
+
+    def _bars(
+        self, users: slice | np.ndarray, g0: int, g1: int, bound: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(b,) float64 the bound less the rounding tolerance, (b, g1 - g0) the users' rooms
+        in segments g0:g1, and (b,) float32 each user's lowest bar over them (NaN where the
+        bound is -inf and every room is -inf too: nothing reaches it)."""
+        top = np.asarray(bound - self.tolerance[users], np.float64)
+        rooms = self.rooms[users, g0:g1]
+        with np.errstate(invalid="ignore"):  # -inf room: +inf bar
+            return top, rooms, rounded_down(top - rooms.max(axis=1))
 
     def candidates(
         self, prepared: dict[str, np.ndarray], users: slice | np.ndarray, c0: int, c1: int,
@@ -307,10 +315,7 @@ class HybridChunkScorer:
         reaches x exactly when it reaches the largest float32 not above x)."""
         p0, g0, g1 = _tile_segments(prepared, c0, c1)
         width = c1 - c0
-        top = (bound - self.tolerance[users]).astype(np.float64)  # (b,)
-        rooms = self.rooms[users, g0:g1]  # (b, g1 - g0)
-        with np.errstate(invalid="ignore"):  # -inf room: +inf bar (NaN: -inf bound), none
-            lowest = rounded_down(top - rooms.max(axis=1))
+        top, rooms, lowest = self._bars(users, g0, g1, bound)
         rows, cols = np.divmod(np.flatnonzero(approx >= lowest[:, None]), width)
         if len(rows):
             with np.errstate(invalid="ignore"):

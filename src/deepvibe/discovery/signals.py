@@ -343,10 +343,11 @@ class HybridScorer:
         cf = None if self.cf_artists is None else sp.csr_matrix(self.cf_artists[rows])
         if cf is not None:
             cf.sort_indices()
+        units = s.units[rows]  # on the grid already (see space_units)
         return {
-            "units": s.units[rows], "has_features": s.has_features[rows], "artists": artists,
+            "units": units, "has_features": s.has_features[rows], "artists": artists,
             "catalogue_index": s.catalogue_index[rows], "cf_artists": cf,
-            "grid_units": np.ascontiguousarray(on_grid(s.units[rows]).T),  # (f, C) float64
+            "grid_units": np.ascontiguousarray(units.T, np.float64),  # (f, C)
             "all_features": bool(s.has_features[rows].all()),
         }  # fmt: skip
 
