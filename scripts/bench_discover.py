@@ -259,6 +259,11 @@ def users_per_second(
     }  # fmt: skip
 
 
+def _set_args(settings: tuple[str, ...]) -> list[str]:
+    """``KEY=VALUE`` settings as ``--set`` arguments of the CLI."""
+    return [arg for setting in settings for arg in ("--set", setting)]
+
+
 def hybrid_vs_dna(
     cwd: Path, n_users: int, repeat: int, out: tuple[str, ...] = (),
     hybrid_sets: tuple[str, ...] = (),
@@ -281,7 +286,7 @@ def hybrid_vs_dna(
         for source in ("dna", "db"):
             extra = ["--no-progress", "--source", source, *out]
             if source == "db":
-                extra += [a for s in hybrid_sets for a in ("--set", s)]
+                extra += _set_args(hybrid_sets)
             one = run_cli(cwd, ["discover", "user_1", *extra]), CPU_SECONDS[-1]
             half = run_cli(cwd, ["discover", *first_half, *extra]), CPU_SECONDS[-1]
             many = run_cli(cwd, ["discover", "--all", *extra]), CPU_SECONDS[-1]
@@ -364,8 +369,8 @@ def bench_batch(
         )
         print("batch, hybrid vs DNA-only, --out:", out["hybrid_vs_dna_long_table"], flush=True)
         alone_db = root / "alone_db"
+        sets = _set_args(hybrid_sets)
         for u in range(1, n_users + 1, max(1, n_users // check)):
-            sets = [a for s in hybrid_sets for a in ("--set", s)]
             run_cli(root, ["discover", f"user_{u}", "--no-progress", "--source", "db", *sets,
                            "--set", f"paths.recommendations_dir={alone_db}"])  # fmt: skip
         same, compared = same_reports(root / "recommendations", alone_db)
