@@ -460,3 +460,89 @@ def test_the_scan_order_gathers_the_spaces_grid_units_and_its_structures_are_bui
     )
     want.data[:] = 1.0
     assert (segments[0].artists != want).nnz == 0
+
+
+def _tiny_space() -> TrackSpace:
+    """8 tracks, 4 artists: a0 and a2 credited 3 times, a3 twice, a1 once; t3 credits none,
+    t2 and t5 two each, t4 is the catalogue's."""
+    credits = [[2], [0], [0, 3], [], [2], [1, 2], [0], [3]]
+    rows = np.repeat(np.arange(8), [len(c) for c in credits])
+    artists = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, np.concatenate(credits))), shape=(8, 4)
+    )
+    catalogue_index = np.full(8, -1, np.int64)
+    catalogue_index[4] = 0
+    z = np.eye(8, 12, dtype=np.float32)
+    return TrackSpace(
+        track_ids=np.array([f"t{i}" for i in range(8)], dtype=object), units=space_units(z),
+        standardised=z, has_features=np.ones(8, bool), artists=artists,
+        artist_keys=np.array([f"a{i}" for i in range(4)], dtype=object),
+        catalogue_index=catalogue_index, popularity=np.zeros(8, np.float32),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("favoured", "rows", "primary"),
+    [(None, [1, 6, 0, 7, 3, 2, 5, 4], [2, 0, 0, -1, 2, 2, 0, 3]),
+     ([False, False, False, True], [7, 1, 6, 0, 3, 2, 5, 4], [2, 0, 3, -1, 2, 2, 0, 3])],
+)  # fmt: skip
+def test_artist_order_known_answer(favoured, rows, primary) -> None:  # noqa: ANN001
+    """Single-artist tracks outside the catalogue artist by artist (the favoured first, then
+    by credits, most first, the lower index on a tie), rows ascending within one; then the
+    other tracks by their primary artist (none first); the catalogue last."""
+    space = _tiny_space()
+    fav = None if favoured is None else np.array(favoured)
+    rank = hybrid_scan._artist_rank(space.artists, fav)
+    np.testing.assert_array_equal(hybrid_scan._primary(space.artists, rank), primary)
+    order = hybrid_scan.ArtistOrder.of(space, fav)
+    np.testing.assert_array_equal(order.rows, rows)
+    np.testing.assert_array_equal(order.position[order.rows], np.arange(8))
+    np.testing.assert_array_equal(order.artist, [[2, 0, -1, -1, 2, -1, 0, 3][r] for r in rows])
+    np.testing.assert_array_equal(order.catalogue, [0 if r == 4 else -1 for r in rows])
+    assert order.first_catalogue == 7
+    runs = {a: (int(order.first[a]), int(order.count[a])) for a in range(4) if order.count[a]}
+    want = {0: (0, 2), 2: (2, 1), 3: (3, 1)} if favoured is None else {3: (0, 1), 0: (1, 2),
+                                                                       2: (3, 1)}  # fmt: skip
+    assert runs == want
+    assert order.grid.tobytes() == space.units[order.rows].tobytes()
+
+
+def test_segment_credits_known_answer(monkeypatch) -> None:
+    """Segments of 4 positions over [t1 t6 t0 t7 | t3 t2 t5 t4]: ``first`` holds each track's
+    primary artist, ``second`` its other credits."""
+    monkeypatch.setattr(hybrid_scan, "_SEGMENT", 4)
+    space = _tiny_space()
+    scorer = HybridScorer(
+        None, np.zeros((1, 12), np.float32), space,  # type: ignore[arg-type]
+        HybridWeights(1.0, 1.0, 0.0, 0.0), 1.0, None, None,
+    )  # fmt: skip
+    segments = hybrid_scan.Segments.of(scorer, hybrid_scan.ArtistOrder.of(space))
+
+    def cells(matrix: sp.csr_matrix) -> set[tuple[int, int]]:
+        coo = matrix.tocoo()
+        assert (coo.data == 1.0).all()
+        return set(zip(coo.row.tolist(), coo.col.tolist(), strict=True))
+
+    assert cells(segments.first) == {(0, 0), (2, 0), (3, 0), (0, 1), (2, 1)}
+    assert cells(segments.second) == {(1, 1), (3, 1)}
+    assert cells(segments.artists) == cells(segments.first) | cells(segments.second)
+    np.testing.assert_array_equal(segments.credits, [1, 2])
+    np.testing.assert_array_equal(segments.outside, [True, False])
+
+
+def test_the_history_profile_weighs_only_tracks_with_features() -> None:
+    """log(1 + plays)-weighted mean of the standardised features; a track without features
+    (its row NaN here) counts for nothing, and a user with only such tracks gets zeros."""
+    space = _tiny_space()
+    space.has_features[3] = False
+    space.standardised[3] = np.nan
+    scorer = HybridScorer(
+        None, np.zeros((1, 12), np.float32), space,  # type: ignore[arg-type]
+        HybridWeights(1.0, 1.0, 0.0, 0.0), 1.0, None, None,
+    )  # fmt: skip
+    history = sp.csr_matrix(np.array([[1, 3, 0, 5, 0, 0, 0, 0], [0, 0, 0, 2, 0, 0, 0, 0]]))
+    profile = scorer._profile(history).numpy()
+    w0, w1 = np.log(2.0), np.log(4.0)
+    want = (w0 * space.standardised[0] + w1 * space.standardised[1]) / (w0 + w1)
+    np.testing.assert_allclose(profile[0], want, rtol=1e-6)
+    np.testing.assert_array_equal(profile[1], np.zeros(12))

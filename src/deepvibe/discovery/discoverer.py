@@ -621,7 +621,9 @@ def _reasons_of(
     if not names or not len(users):
         return out
     weights = scorer.weights.to_dict()
-    contrib = np.stack([weights[p] * parts[p].astype(np.float64) for p in names])  # (P, H)
+    contrib = np.empty((len(names), len(users)))  # (P, H), written once: no stacked copies
+    for i, p in enumerate(names):
+        np.multiply(parts[p], weights[p], out=contrib[i], dtype=np.float64)
     history = inputs.history
     played = [r[space.has_features[r]] for r in np.split(history.indices, history.indptr[1:-1])]
     no_history = np.array([len(h) == 0 for h in played], bool)[users]

@@ -126,26 +126,29 @@ class ArtistOrder:
         ArtistCF vocabulary): a track crediting several artists sits with the multi-artist
         tracks of its favoured artist when it has one (see _primary)."""
         artists = space.artists
+        n, n_artists = artists.shape
         single = np.diff(artists.indptr) == 1
-        artist = np.full(len(space), -1, np.int64)
-        artist[single] = artists.indices[artists.indptr[:-1][single]]
-        n_artists = artists.shape[1]
         rank = _artist_rank(artists, favoured)
-        # single-artist runs in rank order (the favoured together), then the others
-        key = np.where(single, rank[np.maximum(artist, 0)], n_artists)
-        key[space.catalogue_index >= 0] = n_artists + 1  # the catalogue: last
-        # by key, then the primary artist's rank (none first), then row: one stable sort
         primary = _primary(artists, rank)
-        place = np.where(primary >= 0, rank[np.maximum(primary, 0)], -1)
-        rows = np.argsort(key * (n_artists + 1) + place + 1, kind="stable")
-        by_rank = np.bincount(key[rows], minlength=n_artists + 2)[:n_artists].astype(np.int64)
+        artist = np.where(single, primary, -1)
+        place = np.where(primary >= 0, rank[np.maximum(primary, 0)], -1)  # -1: no artist
+        # the place in the order, then the row: single-artist runs in rank order (the
+        # favoured together), then the others by their primary artist's rank (none first),
+        # then the catalogue the same way
+        code = np.where(single, place, n_artists + 1 + place)
+        catalogue = space.catalogue_index >= 0
+        code[catalogue] = 2 * n_artists + 2 + place[catalogue]
+        # one sort of distinct int64 keys (place * n + row): 10x faster than a stable argsort
+        rows = np.sort(code * n + np.arange(n)) % n
+        runs = single & ~catalogue
+        by_rank = np.bincount(code[runs], minlength=n_artists).astype(np.int64)
         count, first = by_rank[rank], (np.cumsum(by_rank) - by_rank)[rank]  # by artist
         grid = np.take(space.units, rows, axis=0)  # already on the grid (see TrackSpace)
         position = np.empty(len(rows), np.int64)
         position[rows] = np.arange(len(rows))
         return cls(
-            rows, artist[rows], space.catalogue_index[rows].astype(np.int64), grid, first,
-            count, position,
+            rows, artist[rows], space.catalogue_index[rows].astype(np.int64, copy=False), grid,
+            first, count, position,
         )  # fmt: skip
 
 
@@ -167,12 +170,19 @@ def _primary(artists: sp.csr_matrix, rank: np.ndarray | None = None) -> np.ndarr
     catalogue of Zipf-sized artists, second credits of known artists scattered over the runs
     of prolific ones made rooms for 38,000 of 49,000 exactly scored pairs per user."""
     rank = _artist_rank(artists) if rank is None else rank
+    counts = np.diff(artists.indptr)
     out = np.full(artists.shape[0], -1, np.int64)
-    has = np.flatnonzero(np.diff(artists.indptr) > 0)
-    if len(has):
-        best = np.minimum.reduceat(rank[artists.indices], artists.indptr[has])
-        order = np.argsort(rank)
-        out[has] = order[best]
+    one = np.flatnonzero(counts == 1)
+    out[one] = artists.indices[artists.indptr[one]]
+    several = np.flatnonzero(counts > 1)  # a reduction over their credits only
+    if len(several):
+        lengths = counts[several]
+        first = np.cumsum(lengths) - lengths
+        at = np.repeat(artists.indptr[several] - first, lengths) + np.arange(lengths.sum())
+        best = np.minimum.reduceat(rank[artists.indices[at]], first)
+        by_rank = np.empty_like(rank)
+        by_rank[rank] = np.arange(len(rank))
+        out[several] = by_rank[best]
     return out
 
 
@@ -390,15 +400,19 @@ class Segments:
         by_position = sp.csr_matrix(scorer.space.artists[order.rows])
         artists = incidence(by_position)
         primary = _primary(by_position)  # each track's most prolific artist, -1 none
-        has = np.flatnonzero(primary >= 0)
+        has = primary >= 0
         first = incidence(sp.csr_matrix(
-            (np.ones(len(has)), (has, primary[has])), shape=by_position.shape
+            (np.ones(np.count_nonzero(has)), primary[has], np.append(0, np.cumsum(has))),
+            shape=by_position.shape,
         ))  # fmt: skip
-        others = by_position.copy()
-        others.data = np.ones(others.nnz)
-        others[has, primary[has]] = 0.0
-        others.eliminate_zeros()
-        second = incidence(others)
+        # every other credit (an artist is credited once per track)
+        lengths = np.diff(by_position.indptr)
+        other = by_position.indices != np.repeat(primary, lengths)
+        kept = np.append(0, np.cumsum(other))[by_position.indptr]  # each row's first entry
+        second = incidence(sp.csr_matrix(
+            (np.ones(kept[-1]), by_position.indices[other], kept),
+            shape=by_position.shape,
+        ))  # fmt: skip
         cf = has_cf = None
         if scorer.cf_artists is not None:
             by_position = sp.csr_matrix(scorer.cf_artists[order.rows])

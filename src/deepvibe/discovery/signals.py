@@ -329,8 +329,10 @@ class HybridScorer:
         """(U, f) log(1 + plays)-weighted mean of the standardised features of every history
         track with features (catalogue or not): what places a user the catalogue cannot."""
         weights = history.copy()
-        weights.data = np.log1p(weights.data)
-        weights = sp.csr_matrix(weights @ sp.diags(self.space.has_features.astype(np.float32)))
+        # 0 where a track has no features, and dropped: a product with an (n, n) diagonal did
+        # the same at the cost of building it per tile (2 x 8 MB per 64 users at n = 10^6)
+        weights.data = np.log1p(weights.data) * self.space.has_features[weights.indices]
+        weights.eliminate_zeros()
         total = np.asarray(weights.sum(axis=1)).ravel()
         mean = (weights @ self.space.standardised) / np.maximum(total, 1e-8)[:, None]
         return torch.from_numpy(np.asarray(mean, dtype=np.float32))
