@@ -138,7 +138,7 @@ class ArtistOrder:
         code = np.where(single, place, n_artists + 1 + place)
         catalogue = space.catalogue_index >= 0
         code[catalogue] = 2 * n_artists + 2 + place[catalogue]
-        # one sort of distinct int64 keys (place * n + row): 10x faster than a stable argsort
+        # one sort of distinct int64 keys (code * n + row): 10x faster than a stable argsort
         rows = np.sort(code * n + np.arange(n)) % n
         runs = single & ~catalogue
         by_rank = np.bincount(code[runs], minlength=n_artists).astype(np.int64)
