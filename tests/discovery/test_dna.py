@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepvibe.discovery.dna import on_grid, unit_columns, unit_rows, vibe_dna
+from deepvibe.discovery.dna import on_grid, pair_dots, unit_columns, unit_rows, vibe_dna
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -36,3 +36,14 @@ def test_grid_vectors_make_exact_order_free_similarities() -> None:
     assert np.array_equal(a @ b, forward)
     assert np.allclose(np.linalg.norm(b, axis=0), 1.0, atol=1e-6)
     assert np.array_equal(on_grid(b), b)
+
+
+def test_pair_dots_known_answer_whatever_the_piece() -> None:
+    """Row i of the answer is left[left_rows[i]] . right[right_rows[i]], in pieces or at once."""
+    left = np.array([[1.0, 0.0], [0.0, 2.0]])
+    right = np.array([[3.0, 4.0], [1.0, 1.0], [0.5, -1.0]])
+    left_rows, right_rows = np.array([0, 1, 1, 0, 1]), np.array([0, 0, 2, 1, 1])
+    for piece in (1, 2, 5, 100):
+        np.testing.assert_array_equal(
+            pair_dots(left, right, left_rows, right_rows, piece), [3.0, 8.0, -2.0, 1.0, 2.0]
+        )

@@ -41,7 +41,7 @@ from deepvibe.data.artists import split_artist_column
 from deepvibe.data.ids import id_index
 from deepvibe.data.tables import FeatureScaler, TrackTable
 from deepvibe.discovery.database import TrackDatabase, percentiles_from_quantiles
-from deepvibe.discovery.dna import vibe_dna
+from deepvibe.discovery.dna import pair_dots, vibe_dna
 from deepvibe.discovery.hybrid import (
     PARTS,
     HybridWeights,
@@ -95,7 +95,7 @@ _QUANTILES = np.linspace(0.0, 1.0, 1001)
 # users per group of _reasons, the groups shared by the worker threads: each group's (pairs,)
 # arrays a few MiB, not the block's hundreds (the same time on 1,024 users, less memory)
 _REASON_USERS = 128
-_PAIR_ROWS = 65_536  # pairs per step of _pair_cosines (1,000,000 pairs: 29 ms at once, 23 so)
+_PAIR_ROWS = 65_536  # pairs per step of the cosine column (10^6 pairs: 29 ms at once, 23 so)
 MODES: tuple[Mode, ...] = ("standard", "gems", "new-artists", "gems-new-artists")
 
 
@@ -421,7 +421,7 @@ class Discoverer:
         picked = rows[users, slot]  # space rows are database rows
         uniq, where = np.unique(picked, return_inverse=True)
         tracks = track_table(db.take_arrow(uniq))  # one metadata read for the whole block
-        similarity = _pair_cosines(inputs.dna, space.units, users, picked)
+        similarity = pair_dots(inputs.dna, space.units, users, picked, _PAIR_ROWS)
         reasons = _reasons(scorer, inputs, rows, found, space, similarity)
         score = scores[users, slot].astype(np.float64)
         hits = _Hits(users, where, similarity.astype(np.float64), score, reasons)
@@ -644,18 +644,6 @@ def _reasons_of(
     return out
 
 
-def _pair_cosines(
-    dna: np.ndarray, units: np.ndarray, users: np.ndarray, rows: np.ndarray
-) -> np.ndarray:
-    """(H,) the dot of ``dna[users[i]]`` (U, f) and ``units[rows[i]]`` (n, f), pair by pair,
-    ``_PAIR_ROWS`` pairs at a time."""
-    out = np.empty(len(users), np.result_type(dna, units))
-    for a in range(0, len(users), _PAIR_ROWS):
-        b = a + _PAIR_ROWS
-        out[a:b] = np.einsum("ij,ij->i", dna[users[a:b]], units[rows[a:b]])
-    return out
-
-
 def _pair_parts(
     scorer: HybridScorer, inputs: UserInputs, users: np.ndarray, picked: np.ndarray,
     cosine: np.ndarray | None = None,
@@ -666,7 +654,7 @@ def _pair_parts(
     unit = HybridWeights(dna=0.0, artist=1.0, collab=1.0, decoder=1.0)
     out = PairScorer(scorer, inputs, unit, None).parts(users, picked)
     if cosine is None:  # the report's similarity column, when the caller has it
-        cosine = _pair_cosines(inputs.dna, scorer.space.units, users, picked)
+        cosine = pair_dots(inputs.dna, scorer.space.units, users, picked, _PAIR_ROWS)
     cos = np.array(cosine, np.float32)
     cos[~scorer.space.has_features[picked]] = np.nan
     out["dna"] = cos.astype(np.float32)

@@ -101,6 +101,19 @@ def _ordered_sum(x: np.ndarray) -> np.ndarray:
     return total
 
 
+def pair_dots(
+    left: np.ndarray, right: np.ndarray, left_rows: np.ndarray, right_rows: np.ndarray,
+    piece: int,
+) -> np.ndarray:  # fmt: skip
+    """(P,) the dot of ``left[left_rows[i]]`` and ``right[right_rows[i]]`` (rows of f values),
+    pair by pair, ``piece`` pairs at a time (two (piece, f) gathers, not two (P, f) ones)."""
+    out = np.empty(len(left_rows), np.result_type(left, right))
+    for a in range(0, len(left_rows), piece):
+        b = a + piece
+        out[a:b] = np.einsum("ij,ij->i", left[left_rows[a:b]], right[right_rows[a:b]])
+    return out
+
+
 def on_grid(unit: np.ndarray) -> np.ndarray:
     """Values in [-1, 1] rounded to multiples of 2^-23 (see ``_GRID``), float64."""
     x = np.asarray(unit, dtype=np.float64) * _GRID

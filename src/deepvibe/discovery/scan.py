@@ -37,7 +37,7 @@ import pandas as pd
 
 from deepvibe.data.tables import FeatureScaler
 from deepvibe.discovery.database import TrackDatabase
-from deepvibe.discovery.dna import Method, unit_columns
+from deepvibe.discovery.dna import Method, pair_dots, unit_columns
 from deepvibe.errors import DataError
 from deepvibe.ranking.topk import StreamingTopK
 
@@ -170,11 +170,8 @@ class DnaScorer:
     ) -> dict[str, np.ndarray]:
         units = prepared["units"]
         assert units is not None
-        sims = np.empty(len(users))
-        for a in range(0, len(users), _PAIR_PIECE):
-            u, c = users[a : a + _PAIR_PIECE], cols[a : a + _PAIR_PIECE]
-            # Exact on the grid, so the order of the sum over features does not matter.
-            sims[a : a + len(u)] = np.einsum("ij,ij->i", self.units[u], units[c])
+        # exact on the grid, so the order of the sum over features does not matter
+        sims = pair_dots(self.units, units, users, cols, _PAIR_PIECE)
         penalty = prepared["penalty"]
         score = sims if penalty is None else sims - penalty[cols]
         return {"similarity": sims, "score": score}
