@@ -56,3 +56,21 @@ def test_zipf_credits_give_a_head_artist_a_long_tail_and_the_known_names() -> No
     assert 4_000 < len(keys) <= 5_000
     assert 0.12 < np.mean(np.diff(credits.indptr) == 2) < 0.16  # 15% credit a second artist
     assert {"artist 0", "artist 49"} <= set(keys)  # the toy's names among them
+
+
+def test_bench_discover_blocks_says_how_two_sources_reports_differ(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "bench_discover_blocks", SCRIPT.with_name("bench_discover_blocks.py")
+    )
+    assert spec is not None and spec.loader is not None
+    blocks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blocks)
+    import numpy as np
+
+    offsets = np.array([0, 3, 5])  # user 0: rows 0-2, user 1: rows 3-4
+    ids = np.array(["a", "b", "c", "d", "e"])
+    np.savez(tmp_path / "old.npz", dna=np.zeros((2, 3)), offsets=offsets, ids=ids)
+    swapped = np.array(["b", "a", "c", "d", "x"])  # user 0 reordered, user 1 a new track
+    np.savez(tmp_path / "new.npz", dna=np.full((2, 3), 1e-7), offsets=offsets, ids=swapped)
+    said = blocks.compare(tmp_path / "old.npz", tmp_path / "new.npz")
+    assert said == "largest DNA change 1e-07; rows differing 60.000%; top 100 differs: 1"
