@@ -21,6 +21,7 @@ from conftest import small_config
 from deepvibe.cli import app
 from deepvibe.errors import CheckpointError, DeepVibeError, TrainingDiverged
 from deepvibe.fileio import (
+    atomic_folder,
     atomic_path,
     neutralise_formula,
     path_inside,
@@ -360,6 +361,25 @@ def test_atomic_path_keeps_old_file_when_the_writer_fails(tmp_path: Path) -> Non
     assert target.read_text() == "new\n"
 
 
+def test_atomic_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A failed writer leaves no folder and no temporary one; a finished one appears with all
+    its files; where another writer finished first, its folder is kept."""
+    target = tmp_path / "index"
+    with pytest.raises(RuntimeError), atomic_folder(target) as tmp:
+        (tmp / "a.npy").write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_folder(target) as tmp:
+        (tmp / "a.npy").write_bytes(b"first")
+        (tmp / "b.npy").write_bytes(b"second")
+        assert not target.exists()  # nothing there until the block ends
+    assert sorted(p.name for p in target.iterdir()) == ["a.npy", "b.npy"]
+    with atomic_folder(target) as tmp:
+        (tmp / "a.npy").write_bytes(b"another")
+    assert (target / "a.npy").read_bytes() == b"first"
+    assert list(tmp_path.iterdir()) == [target]
+
+
 def test_atomic_path_reports_unwritable_folder(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -372,7 +392,8 @@ _ARRAY_SAVERS = {"save", "savez", "savez_compressed"}  # torch.save, np.save...
 
 
 def _unsafe_writes(source: str) -> list[int]:
-    """Line numbers of file writes that are not inside ``with atomic_path/atomic_open``."""
+    """Line numbers of file writes that are not inside ``with atomic_path/atomic_open/
+    atomic_folder``."""
     tree = ast.parse(source)
     buffers = {
         target.id
@@ -393,7 +414,7 @@ def _unsafe_writes(source: str) -> list[int]:
                 and getattr(
                     item.context_expr.func, "id", getattr(item.context_expr.func, "attr", "")
                 )
-                in {"atomic_path", "atomic_open"}
+                in {"atomic_path", "atomic_open", "atomic_folder"}
                 for item in node.items
             )
             for child in node.body:

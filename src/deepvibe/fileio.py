@@ -13,6 +13,7 @@ import hashlib
 import io
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,36 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; if the block succeeds, sync its files and
+    rename it onto ``path``, so a reader sees all of the folder or none of it. A folder cannot
+    replace another in one step: where ``path`` exists already (another run wrote it first),
+    it is kept and the new one dropped."""
+    target = Path(path)
+    _make_folder(target.parent, "output folder")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise DeepVibeError(
+            f"{target.parent}: cannot write here ({exc.strerror}); choose a writable location"
+        ) from exc
+    try:
+        yield tmp
+        for file in tmp.iterdir():
+            with open(file, "rb+") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if target.exists():
+            shutil.rmtree(tmp)
+            return
+        os.rename(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

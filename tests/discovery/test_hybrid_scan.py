@@ -4,15 +4,17 @@ in every mode, with exact ties, near-ties and multi-artist credits."""
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from deepvibe.discovery import hybrid_scan
+from deepvibe.discovery import hybrid_scan, space_cache
 from deepvibe.discovery.discoverer import gems_penalty
 from deepvibe.discovery.hybrid import HybridWeights, artist_share_matrix, zscore_rows
 from deepvibe.discovery.hybrid_scan import pair_scores, rank_database
@@ -23,6 +25,7 @@ from deepvibe.discovery.signals import (
     rank_space,
     space_units,
 )
+from deepvibe.discovery.space_cache import IndexFiles
 from deepvibe.model.artist_cf import ArtistCF
 
 N_SPACE, N_ARTISTS, N_CATALOGUE, N_USERS = 20_000, 1500, 900, 70
@@ -322,7 +325,8 @@ def test_a_selected_chunk_scorer_scores_its_users_as_the_whole_block(
     # a float32 product: within its tolerance, not bit for bit (BLAS rounds by tile place)
     assert np.abs(approx_part - approx_whole).max() <= part.tolerance.max()
     np.testing.assert_array_equal(part.tolerance, whole.tolerance[which])
-    rows, cols = part.candidates(prepared, slice(0, 4), 0, 4096, approx_part, bound)
+    hits = np.empty((4, 4096), bool)
+    rows, cols = part.candidates(prepared, slice(0, 4), 0, 4096, approx_part, bound, hits)
     assert len(rows) > 0
     got = part.exact(prepared, rows, cols)["score"]
     want = whole.exact(prepared, which[rows], cols)["score"]
@@ -447,7 +451,7 @@ def test_the_scan_order_gathers_the_spaces_grid_units_and_its_structures_are_bui
         m.setattr(hybrid_scan.ArtistOrder, "of", staticmethod(slow_of))
         with ThreadPoolExecutor(4) as pool:
             orders = list(pool.map(lambda _: hybrid_scan._artist_order(scorer), range(4)))
-            segments = list(pool.map(lambda _: hybrid_scan._segments(scorer, orders[0]), range(4)))
+            segments = list(pool.map(lambda _: hybrid_scan._segments(scorer), range(4)))
     assert built == [1] and all(o is orders[0] for o in orders)
     assert all(s is segments[0] for s in segments)
     order = orders[0]
@@ -546,3 +550,95 @@ def test_the_history_profile_weighs_only_tracks_with_features() -> None:
     want = (w0 * space.standardised[0] + w1 * space.standardised[1]) / (w0 + w1)
     np.testing.assert_allclose(profile[0], want, rtol=1e-6)
     np.testing.assert_array_equal(profile[1], np.zeros(12))
+
+
+@pytest.mark.parametrize(
+    ("offset", "width"), [(0, 2048), (0, 700), (100, 2048), (100, 50), (0, 200)]
+)
+def test_reaching_holds_each_column_to_its_segments_bar(offset: int, width: int) -> None:
+    """_reaching: a tile starting ``offset`` positions into a segment, any width: each
+    column against the bar of the segment it sits in (a partial first and last segment)."""
+    rng = np.random.default_rng(offset + width)
+    approx = rng.standard_normal((5, width)).astype(np.float32)
+    segment = (offset + np.arange(width)) // hybrid_scan._SEGMENT  # each column's, from 0
+    bars = rng.standard_normal((5, segment[-1] + 1)).astype(np.float32)
+    bars[1, 0], bars[2, -1] = np.inf, np.nan  # nothing passes there
+    out = np.ones((5, width), bool)
+    hybrid_scan._reaching(approx, bars, offset, out)
+    want = approx >= bars[:, segment]
+    np.testing.assert_array_equal(out, want)
+    assert want.any() and not want.all()
+
+
+def _with_files(scorer: HybridScorer, folder: Path, space_key: str = "space") -> HybridScorer:
+    """A fresh scorer of the same space and artist model, its index kept in ``folder``."""
+    fresh = HybridScorer(
+        None, scorer.features.numpy(), scorer.space, scorer.weights,  # type: ignore[arg-type]
+        1.0, None, scorer.artist_cf,
+    )  # fmt: skip
+    fresh.index_files = IndexFiles(folder / "db.dvcache", space_key)
+    return fresh
+
+
+def test_a_saved_scan_index_is_the_built_one_and_ranks_the_same(
+    monkeypatch, small_sample, tmp_path: Path
+) -> None:
+    """The first scorer builds the ScanIndex and saves it; a fresh scorer of the same space
+    and artist model reads it back (array for array, the large ones mapped read-only)
+    without building, ranks exactly as rank_space, and takes the pruned steps even for one
+    user. Another space key builds and saves its own and removes the old folder."""
+    monkeypatch.setattr(space_cache, "_MAPPED", 1024)  # every array but the smallest mapped
+    scorer, inputs = _scorer_and_inputs(3)
+    want = rank_space(scorer, inputs, 100, inputs.history)
+    first = _with_files(scorer, tmp_path)
+    got = rank_database(first, inputs, 100, inputs.history)
+    folders = sorted(tmp_path.glob("db.dvcache.index-*"))
+    assert len(folders) == 1 and folders[0].is_dir()
+    built, build = [], hybrid_scan.ScanIndex.of
+    monkeypatch.setattr(
+        hybrid_scan.ScanIndex, "of", classmethod(lambda cls, s: built.append(1))
+    )  # any build fails the test
+    second = _with_files(scorer, tmp_path)
+    handed = _by_every_pair_too(monkeypatch)
+    monkeypatch.setattr(hybrid_scan, "_FEW_USERS", 2)
+    alone = rank_database(second, inputs.padded(3, 4, 1), 100, inputs.history[3:4])
+    assert built == [] and handed == []  # one user, pruned: the saved index was at hand
+    again = rank_database(second, inputs, 100, inputs.history)
+    for rows, scores in (got, again):
+        np.testing.assert_array_equal(rows, want[0])
+        assert scores.tobytes() == want[1].tobytes()
+    np.testing.assert_array_equal(alone[0], want[0][3:4])
+    saved, made = second._scan_index.arrays(), first._scan_index.arrays()
+    assert sorted(saved) == sorted(made)
+    for name, values in made.items():
+        assert saved[name].dtype == values.dtype and saved[name].tobytes() == values.tobytes()
+    assert not second._scan_index.order.grid.flags.writeable  # mapped from the file
+    monkeypatch.setattr(hybrid_scan.ScanIndex, "of", build)
+    other = _with_files(scorer, tmp_path, "another space")
+    rank_database(other, inputs, 100, inputs.history)
+    now = sorted(tmp_path.glob("db.dvcache.index-*"))
+    assert len(now) == 1 and now != folders
+
+
+def test_a_scan_index_that_does_not_fit_is_built_again_and_an_unwritable_one_warned(
+    monkeypatch, small_sample, tmp_path: Path, caplog
+) -> None:
+    """A saved index whose shapes are not the space's (or that cannot be read) is built
+    again with a warning naming the folder; a folder that cannot be written only warns."""
+    scorer, inputs = _scorer_and_inputs(4)
+    want = rank_space(scorer, inputs, 100, inputs.history)
+    rank_database(_with_files(scorer, tmp_path), inputs, 100, inputs.history)
+    (folder,) = tmp_path.glob("db.dvcache.index-*")
+    np.save(folder / "order.rows.npy", np.arange(10))  # not this space's length
+    with caplog.at_level(logging.WARNING, logger=hybrid_scan.__name__):
+        got = rank_database(_with_files(scorer, tmp_path), inputs, 100, inputs.history)
+    assert str(folder) in caplog.text and "building the scan index again" in caplog.text
+    np.testing.assert_array_equal(got[0], want[0])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="deepvibe.discovery.space_cache"):
+        # a file where its folder should be: cannot be written, even by root
+        blocker = tmp_path / "a file"
+        blocker.write_text("x")
+        got = rank_database(_with_files(scorer, blocker), inputs, 100, inputs.history)
+    assert "cannot save the scan index" in caplog.text
+    np.testing.assert_array_equal(got[0], want[0])

@@ -72,7 +72,12 @@ from deepvibe.discovery.signals import (
     one_torch_thread,
     padded_rows,
 )
-from deepvibe.discovery.space_cache import load_space_arrays, save_space_arrays, space_key
+from deepvibe.discovery.space_cache import (
+    IndexFiles,
+    load_space_arrays,
+    save_space_arrays,
+    space_key,
+)
 from deepvibe.discovery.users import HistoryNames, UserBatch
 from deepvibe.discovery.validation import mode_anchor, mode_weights
 from deepvibe.errors import DataError
@@ -553,9 +558,11 @@ def hybrid_scorer(ck: Checkpoint, cfg: Config, database: TrackDatabase) -> Hybri
         "" if artist_cf else " (no artist model)",
     )  # fmt: skip
     settings = cfg.discover.model_copy(update={"dna_anchor": anchor})
-    return HybridScorer.from_settings(
+    scorer = HybridScorer.from_settings(
         ck.model, ck.track_features, space, weights, settings, artist_cf
     )
+    scorer.index_files = IndexFiles(database.path, key)
+    return scorer
 
 
 def gems_penalty(popularity: np.ndarray, lam: float, ceiling: float | None) -> np.ndarray:

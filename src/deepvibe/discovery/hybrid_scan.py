@@ -26,13 +26,15 @@ tracks and most users) and the gems penalty. :func:`rank_database` ranks a block
    no room (-inf).
 4. The scan of :mod:`deepvibe.discovery.scan` (a float32 DNA product per cache-sized tile)
    scores a pair exactly only when its DNA part reaches the bar less its segment's room: one
-   comparison per (user, segment), as the DNA-only scan makes one per (user, tile).
+   pass over the tile, each column held to its segment's bar, as the DNA-only scan holds it
+   to one bar per user.
 
 The best k of steps 3 and 4 are the best k of the whole space whenever the k-th of them is at
 least ``F``; a user for whom it is not (the sample misled) is ranked again by
 :func:`signals.rank_space`, which scores every pair; so is a whole space under
 ``_MIN_SPACE`` tracks, where one pass over every pair is as fast, and a block of at most
-``_FEW_USERS`` before the structures of step 2 exist. Scores are those of
+``_FEW_USERS`` before the structures of step 2 (a :class:`ScanIndex`) exist, in memory or
+saved by an earlier run. Scores are those of
 :meth:`HybridScorer.score` bit for bit (the same float32 steps: :class:`PairScorer`,
 :class:`_ArtistRuns`), so the ranking (score descending, then row ascending) is rank_space's,
 and a user's result never depends on the other users of the block.
@@ -40,6 +42,7 @@ and a user's result never depends on the other users of the block.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -63,6 +66,7 @@ from deepvibe.discovery.scan import (
     workers,
 )
 from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
+from deepvibe.discovery.space_cache import IndexFiles
 from deepvibe.ranking.topk import StreamingTopK
 
 log = logging.getLogger(__name__)
@@ -72,11 +76,12 @@ _BUILDING = threading.RLock()  # see _kept_on
 _SAMPLE = 8192  # space rows behind each user's F
 _MARGIN = 3  # F aims at _MARGIN * k tracks, so falling short of k is rare
 _MIN_SPACE = 65_536  # smaller spaces: rank_space (every pair) is as fast
-# so few users that rank_space is faster than building ArtistOrder and Segments first (one
-# user over 1,000,000 tracks: 0.2-0.26 s against 0.45-0.6 s; a process that ranks one user,
-# `discover user_1`, builds neither)
+# so few users that rank_space is faster than building the ScanIndex first (one user over
+# 1,000,000 tracks: 0.2-0.26 s against 0.45-0.6 s; `discover user_1` builds none, and takes
+# the pruned steps, 0.1 s, where an earlier batch saved one)
 _FEW_USERS = 2
 _SAMPLE_USERS = 256  # users per sample tile: (256 x 8,192) float32, 8 MiB
+_INDEX_VERSION = 1  # bump when what ScanIndex holds, or how it is built, changes
 _REL_TOL = 1e-5  # float32 rounding of a few parts, relative to their size, with margin
 
 _MIN_GROUP = 64  # users per worker thread before the scan, at least
@@ -300,39 +305,31 @@ class HybridChunkScorer:
         if not self.pruning_tiles:
             return None
         _, g0, g1 = _tile_segments(prepared, c0, c1)
-        alive = self.reach[users] >= self._bars(users, g0, g1, bound)[2]
+        # fmin: a segment with no room (NaN bar under a -inf bound) does not hide the others
+        lowest = np.fmin.reduce(self._bars(users, g0, g1, bound), axis=1)
+        alive = self.reach[users] >= lowest
         return None if alive.all() else np.flatnonzero(alive)
 
-    def _bars(
-        self, users: slice | np.ndarray, g0: int, g1: int, bound: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(b,) float64 the bound less the rounding tolerance, (b, g1 - g0) the users' rooms
-        in segments g0:g1, and (b,) float32 each user's lowest bar over them (NaN where the
-        bound is -inf and every room is -inf too: nothing reaches it)."""
+    def _bars(self, users: slice | np.ndarray, g0: int, g1: int, bound: np.ndarray) -> np.ndarray:
+        """(b, g1 - g0) float32: each user's bar in segments g0:g1, the bound less the
+        rounding tolerance and the segment's room, rounded down to a float32 (a float32 value
+        reaches x exactly when it reaches the largest float32 not above x). +inf where the
+        room is -inf (nothing there can be a candidate), NaN where the bound is -inf too."""
         top = np.asarray(bound - self.tolerance[users], np.float64)
-        rooms = self.rooms[users, g0:g1]
-        with np.errstate(invalid="ignore"):  # -inf room: +inf bar
-            return top, rooms, rounded_down(top - rooms.max(axis=1))
+        with np.errstate(invalid="ignore"):
+            return rounded_down(top[:, None] - self.rooms[users, g0:g1])
 
     def candidates(
         self, prepared: dict[str, np.ndarray], users: slice | np.ndarray, c0: int, c1: int,
-        approx: np.ndarray, bound: np.ndarray,
+        approx: np.ndarray, bound: np.ndarray, hits: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """(rows, cols) of the tile's pairs whose DNA part could lift them to ``bound``: one
-        bar per (user, segment), the bound less the segment's room. The tile is compared with
-        each user's lowest bar, as the DNA-only scan compares it with one bar per user; the
-        few pairs that pass are held to their own segment's bar (in float64: a float32 value
-        reaches x exactly when it reaches the largest float32 not above x)."""
+        bar per (user, segment), the bound less the segment's room, compared with the tile
+        segment by segment in one pass (``hits``: (b, c1 - c0) bool scratch), as the DNA-only
+        scan compares it with one bar per user."""
         p0, g0, g1 = _tile_segments(prepared, c0, c1)
-        width = c1 - c0
-        top, rooms, lowest = self._bars(users, g0, g1, bound)
-        rows, cols = np.divmod(np.flatnonzero(approx >= lowest[:, None]), width)
-        if len(rows):
-            with np.errstate(invalid="ignore"):
-                bar = top[rows] - rooms[rows, (p0 + cols) // _SEGMENT - g0]
-            keep = np.flatnonzero(approx[rows, cols] >= bar)
-            rows, cols = rows[keep], cols[keep]
-        return rows, cols
+        _reaching(approx, self._bars(users, g0, g1, bound), p0 % _SEGMENT, hits)
+        return np.divmod(np.flatnonzero(hits), c1 - c0)
 
     def row_ids(self, prepared: dict[str, np.ndarray], cols: np.ndarray) -> np.ndarray:
         return prepared["rows"][cols]
@@ -363,6 +360,28 @@ def _tile_segments(prepared: dict[str, np.ndarray], c0: int, c1: int) -> tuple[i
     """(first position, first segment, end segment) of a chunk's columns c0:c1."""
     p0 = int(prepared["start"]) + c0  # type: ignore[call-overload]
     return p0, p0 // _SEGMENT, (p0 + c1 - c0 - 1) // _SEGMENT + 1
+
+
+def _reaching(approx: np.ndarray, bars: np.ndarray, offset: int, out: np.ndarray) -> None:
+    """``out`` (b, w) = ``approx`` (b, w) >= the bar of each column's segment: ``bars`` (b, g)
+    for the segments the tile touches, its first column ``offset`` positions into the first.
+    A partial first segment, whole segments as one (b, n, _SEGMENT) view, a partial last."""
+    b, w = approx.shape
+    head = min(w, (_SEGMENT - offset) % _SEGMENT)
+    if head:
+        np.greater_equal(approx[:, :head], bars[:, :1], out=out[:, :head])
+    first = 1 if head else 0
+    full = (w - head) // _SEGMENT
+    end = head + full * _SEGMENT
+    if full:  # splitting the contiguous last axis: views, so ``out`` is written in place
+        shape = (b, full, _SEGMENT)
+        np.greater_equal(
+            approx[:, head:end].reshape(shape), bars[:, first : first + full, None],
+            out=out[:, head:end].reshape(shape),
+        )  # fmt: skip
+    if end < w:
+        last = first + full
+        np.greater_equal(approx[:, end:], bars[:, last : last + 1], out=out[:, end:])
 
 
 @dataclass(frozen=True)
@@ -434,6 +453,73 @@ class Segments:
             artists, first, second, cf, np.zeros(n_seg, bool) if has_cf is None else has_cf,
             pure, inside, credits.astype(np.float64), outside,
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ScanIndex:
+    """What the scan of a batch needs of the space beyond its arrays, the same for every block
+    and every run over one space and artist model: the :class:`ArtistOrder`, its
+    :class:`Segments` and, with an artist model, which positions credit one of its artists.
+    Built once per process (0.3-0.5 s at 1,000,000 tracks), or read back where a run saved
+    it (:class:`~deepvibe.discovery.space_cache.IndexFiles`)."""
+
+    order: ArtistOrder
+    segments: Segments
+    cf_at: np.ndarray | None  # (n,) bool by position (None without an artist model)
+
+    @classmethod
+    def of(cls, scorer: HybridScorer) -> ScanIndex:
+        columns = scorer.cf_columns
+        order = ArtistOrder.of(scorer.space, None if columns is None else columns >= 0)
+        cf = scorer.cf_artists
+        cf_at = None if cf is None else (np.diff(cf.indptr) > 0)[order.rows]
+        return cls(order, Segments.of(scorer, order), cf_at)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays by name (a sparse matrix as its data, indices, indptr and shape)."""
+        out = {} if self.cf_at is None else {"cf_at": self.cf_at}
+        for prefix, part in (("order", self.order), ("segments", self.segments)):
+            for field in dataclasses.fields(part):
+                value = getattr(part, field.name)
+                name = f"{prefix}.{field.name}"
+                if sp.issparse(value):
+                    out.update({f"{name}.data": value.data, f"{name}.indices": value.indices,
+                                f"{name}.indptr": value.indptr,
+                                f"{name}.shape": np.array(value.shape, np.int64)})  # fmt: skip
+                elif value is not None:
+                    out[name] = value
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], scorer: HybridScorer) -> ScanIndex:
+        """The index :meth:`arrays` gave, checked against ``scorer``'s space (ValueError: it
+        is not that space's; KeyError: an array is missing)."""
+
+        def part(kind: type[T], prefix: str) -> T:
+            values = {}
+            for field in dataclasses.fields(kind):  # type: ignore[arg-type]
+                name = f"{prefix}.{field.name}"
+                if f"{name}.shape" in arrays:
+                    values[field.name] = sp.csr_matrix(
+                        (np.array(arrays[f"{name}.data"]), np.array(arrays[f"{name}.indices"]),
+                         np.array(arrays[f"{name}.indptr"])),
+                        shape=tuple(int(x) for x in arrays[f"{name}.shape"]),
+                    )  # fmt: skip
+                else:
+                    values[field.name] = arrays.get(name)
+            return kind(**values)
+
+        order, segments = part(ArtistOrder, "order"), part(Segments, "segments")
+        space = scorer.space
+        n, n_artists = space.artists.shape
+        n_seg = -(-n // _SEGMENT)
+        if (
+            order.grid.shape != space.units.shape or len(order.rows) != n
+            or len(order.first) != n_artists or segments.artists.shape != (n_artists, n_seg)
+            or (scorer.cf_artists is None) != ("cf_at" not in arrays)
+        ):  # fmt: skip
+            raise ValueError("its shapes are not those of this track space")
+        return cls(order, segments, arrays.get("cf_at"))
 
 
 def pair_scores(
@@ -539,7 +625,7 @@ class PairScorer:
 
     @functools.cached_property
     def _cf_at(self) -> np.ndarray:
-        return _cf_at(self.scorer, self._scan_order)
+        return _cf_at(self.scorer)
 
     def select(self, which: np.ndarray) -> PairScorer:
         """The same for the users ``which``."""
@@ -713,8 +799,8 @@ def rank_database(
     n_users, n_space = users.dna.shape[0], len(scorer.space)
     w = weights or scorer.weights
     out = Exclusions(scorer.space, excluded, excluded_artists)
-    unbuilt = getattr(scorer, "_artist_order", None) is None
-    if n_space < _MIN_SPACE or n_users == 0 or (n_users <= _FEW_USERS and unbuilt):
+    few = n_users <= _FEW_USERS and not _index_at_hand(scorer)
+    if n_space < _MIN_SPACE or n_users == 0 or few:
         return rank_space(scorer, users, k, out.full(), penalty, chunk, w)
     k_eff = max(1, min(int(k), n_space))
     rows = np.full((n_users, k_eff), -1, np.int64)
@@ -775,7 +861,7 @@ def _pruned(
             here = (banned[0] >= a) & (banned[0] < b)
             done[banned[0][here] - a, banned[1][here]] = True
         rooms = _segment_rooms(scorer, mine, w, order, sub, done, excluded.artists, catalogue_done)
-        outside = _segments(scorer, order).outside
+        outside = _segments(scorer).outside
         _rank_dense_segments(best, runs, outside, rooms, spread[a:b], done, strong.column)
         top = np.max(rooms, axis=1, where=np.isfinite(rooms), initial=0.0)
         return done, catalogue_done, rooms, top, best.kept()  # the scan's seed: in no order
@@ -839,7 +925,7 @@ def _segment_rooms(
     c_u (about the ``_EXCESS``-th largest of the user's collab scores) plus the sum over the
     segment's artists of what exceeds c_u. Two sparse products: a user's few share artists
     and few excess collab artists against the segments that credit them."""
-    segments = _segments(scorer, order)
+    segments = _segments(scorer)
     n_users, n_seg = users.dna.shape[0], len(segments.catalogue)
     rooms = np.zeros((n_users, n_seg))
     if w.artist > 0:
@@ -931,10 +1017,6 @@ def _collab_cap(collab: np.ndarray) -> np.ndarray:
     return np.maximum(_ranked(values, rank), 0.0).astype(np.float32)
 
 
-def _segments(scorer: HybridScorer, order: ArtistOrder) -> Segments:
-    return _kept_on(scorer, "_segments", lambda: Segments.of(scorer, order))
-
-
 def _floor(
     scorer: HybridScorer, users: UserInputs, k: int, excluded: Exclusions,
     penalty: np.ndarray | None, w: HybridWeights,
@@ -1011,17 +1093,57 @@ def _kept_on(scorer: HybridScorer, name: str, build: Callable[[], T]) -> T:
     return out
 
 
+def _scan_index(scorer: HybridScorer) -> ScanIndex:
+    """The scorer's :class:`ScanIndex`: read from its ``index_files`` where a run saved it,
+    else built (and saved there)."""
+
+    def build() -> ScanIndex:
+        files = scorer.index_files
+        key = None
+        if files is not None:
+            key = _index_key(scorer, files)
+            stored = files.load(key)
+            if stored is not None:
+                try:
+                    return ScanIndex.from_arrays(stored, scorer)
+                except (KeyError, ValueError) as exc:
+                    log.warning("%s: %s; building the scan index again", files.path(key), exc)
+        index = ScanIndex.of(scorer)
+        if files is not None and key is not None:
+            files.save(key, index.arrays())
+        return index
+
+    return _kept_on(scorer, "_scan_index", build)
+
+
+def _index_key(scorer: HybridScorer, files: IndexFiles) -> str:
+    """What a scan index depends on beyond the space: the artist model's columns (the order
+    favours its artists) and how it is built."""
+    return files.key(_INDEX_VERSION, _SEGMENT, scorer.cf_columns)
+
+
+def _index_at_hand(scorer: HybridScorer) -> bool:
+    """Whether the scan index costs no build: made already, or saved by an earlier run (read
+    back in milliseconds: its large arrays are mapped, not copied)."""
+    if getattr(scorer, "_scan_index", None) is not None:
+        return True
+    files = scorer.index_files
+    return files is not None and files.path(_index_key(scorer, files)).is_dir()
+
+
 def _artist_order(scorer: HybridScorer) -> ArtistOrder:
-    columns = scorer.cf_columns
-    favoured = None if columns is None else columns >= 0
-    return _kept_on(scorer, "_artist_order", lambda: ArtistOrder.of(scorer.space, favoured))
+    return _scan_index(scorer).order
 
 
-def _cf_at(scorer: HybridScorer, order: ArtistOrder) -> np.ndarray:
+def _segments(scorer: HybridScorer) -> Segments:
+    return _scan_index(scorer).segments
+
+
+def _cf_at(scorer: HybridScorer) -> np.ndarray:
     """(n,) bool by position: the track credits an artist of the ArtistCF vocabulary."""
-    cf = scorer.cf_artists
-    assert cf is not None
-    return _kept_on(scorer, "_cf_at", lambda: (np.diff(cf.indptr) > 0)[order.rows])
+    cf_at = _scan_index(scorer).cf_at
+    assert cf_at is not None
+    return cf_at
 
 
 def _rank_before_scan(

@@ -306,8 +306,9 @@ def _one_pass(
 class _UserGroup:
     """Users u0:u1 of a scan and their streaming top k (one worker thread's share).
 
-    A scorer may add ``candidates(prepared, users, c0, c1, approx, bound)`` (the (rows, cols)
-    of a tile to score exactly, rows ascending, when its bar is not one per user),
+    A scorer may add ``candidates(prepared, users, c0, c1, approx, bound, hits)`` (the (rows,
+    cols) of a tile to score exactly, rows ascending, when its bar is not one per user;
+    ``hits``: a (b, c1 - c0) bool scratch array),
     ``row_ids(prepared, cols)`` (database rows of chunk columns, when a chunk is not a run of
     consecutive rows; the top k then takes ids in any order) and ``live(prepared, users, c0,
     c1, bound)`` (positions within ``users`` of those that may have a candidate in the tile,
@@ -349,12 +350,13 @@ class _UserGroup:
                 shape = (len(bound), c1 - c0)
                 out = self._cells[: shape[0] * shape[1]].reshape(shape)
                 approx = scorer.approximate(prepared, users, c0, c1, out)
+                hits = self._hits[: out.size].reshape(shape)
                 if candidates is None:
                     bar = rounded_down(bound - tol)[:, None]
-                    hit = np.greater_equal(approx, bar, out=self._hits[: out.size].reshape(shape))
+                    hit = np.greater_equal(approx, bar, out=hits)
                     rows, cols = np.divmod(np.flatnonzero(hit), c1 - c0)
                 else:
-                    rows, cols = candidates(prepared, users, c0, c1, approx, bound)
+                    rows, cols = candidates(prepared, users, c0, c1, approx, bound, hits)
                 if some is not None:
                     rows = some[rows]
                 if len(rows):

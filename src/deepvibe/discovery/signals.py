@@ -37,6 +37,7 @@ from deepvibe.discovery.hybrid import (
     zscore_rows,
 )
 from deepvibe.discovery.scan import single_threaded_blas, workers
+from deepvibe.discovery.space_cache import IndexFiles
 from deepvibe.model.artist_cf import ArtistCF
 from deepvibe.model.inference import score_rows
 from deepvibe.model.sparse import SparseRows
@@ -247,6 +248,9 @@ class HybridScorer:
         self.temperature = temperature
         self.top_k = top_k
         self.artist_cf = artist_cf
+        # where the hybrid scan keeps its index of this space between runs (None: built by
+        # each process that needs it; see hybrid_scan.ScanIndex)
+        self.index_files: IndexFiles | None = None
         self.cf_artists: sp.csr_matrix | None = None  # (n, A_cf) the space in CF columns
         self.cf_columns: np.ndarray | None = None  # (A,) CF column of each space artist, -1
         if artist_cf is not None:
