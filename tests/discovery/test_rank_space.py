@@ -13,6 +13,7 @@ from conftest import small_config
 from deepvibe.discovery import discoverer as dmod
 from deepvibe.discovery import signals
 from deepvibe.discovery.discoverer import Discoverer
+from deepvibe.discovery.dna import pair_dots
 from deepvibe.discovery.hybrid import HybridWeights, why
 from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
 from deepvibe.discovery.users import align_users, load_training_users
@@ -127,11 +128,14 @@ def test_block_reasons_equal_the_per_user_why(hybrid_model, weights, kinds) -> N
     inputs = scorer.user_inputs(history, batch.plays)
     rows, scores = rank_space(scorer, inputs, 60, history)
     found_pairs = np.isfinite(scores)
-    got = dmod._reasons(scorer, inputs, rows, found_pairs, scorer.space)
+    got, cosine = dmod._reasons(scorer, inputs, rows, found_pairs, scorer.space)
     want = _why_per_user(scorer, inputs, rows, found_pairs, scorer.space)
     assert len(got) == len(want) > 0
     assert {w.split(":")[0] for w in want} >= kinds
     assert list(got) == want
+    users, slot = np.nonzero(found_pairs)  # the similarity column, group by group, in order
+    exact = pair_dots(inputs.dna, scorer.space.units, users, rows[users, slot], len(users))
+    assert cosine.tobytes() == exact.tobytes()
 
 
 def test_defect_hybrid_score_depends_on_the_users_row_in_the_tile() -> None:

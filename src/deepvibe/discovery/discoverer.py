@@ -425,9 +425,10 @@ class Discoverer:
         users, slot = np.nonzero(found)
         picked = rows[users, slot]  # space rows are database rows
         uniq, where = np.unique(picked, return_inverse=True)
-        tracks = track_table(db.take_arrow(uniq))  # one metadata read for the whole block
-        similarity = pair_dots(inputs.dna, space.units, users, picked, _PAIR_ROWS)
-        reasons = _reasons(scorer, inputs, rows, found, space, similarity)
+        with ThreadPoolExecutor(1) as reader:  # the read (Arrow's threads) beside the reasons
+            read = reader.submit(lambda: track_table(db.take_arrow(uniq)))  # one for the block
+            reasons, similarity = _reasons(scorer, inputs, rows, found, space)
+            tracks = read.result()
         score = scores[users, slot].astype(np.float64)
         hits = _Hits(users, where, similarity.astype(np.float64), score, reasons)
         return tracks, hits, inputs.dna_raw.astype(np.float64)
@@ -583,50 +584,43 @@ def _history_in_space(batch: UserBatch, space: TrackSpace) -> sp.csr_matrix:
 
 
 def _reasons(
-    scorer: HybridScorer,
-    inputs: UserInputs,
-    rows: np.ndarray,
-    found: np.ndarray,
+    scorer: HybridScorer, inputs: UserInputs, rows: np.ndarray, found: np.ndarray,
     space: TrackSpace,
-    cosine: np.ndarray | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The ``why`` of each found (user, track), users in order: the part that added most,
-    as :func:`deepvibe.discovery.hybrid.why` says it, for groups of ``_REASON_USERS`` users
-    shared by the scan's worker threads (one thread took 0.1-0.2 s per 1,024 users while
-    the other core waited).
+    as :func:`deepvibe.discovery.hybrid.why` says it; and each pair's DNA cosine (the
+    report's similarity column), float64. For groups of ``_REASON_USERS`` users shared by
+    the scan's worker threads (one thread took 0.1-0.2 s per 1,024 users while the other
+    core waited).
 
     Parts are computed pair by pair, so a user's reasons do not depend on who else is in
-    the block; ``cosine``: the pairs' DNA cosines, where the caller has them already."""
+    the block."""
     n_users = found.shape[0]
     if n_users <= _REASON_USERS:
-        return _reasons_of(scorer, inputs, rows, found, space, cosine)
+        return _reasons_of(scorer, inputs, rows, found, space)
     bounds = np.append(np.arange(0, n_users, _REASON_USERS), n_users)
-    first = np.concatenate([[0], np.cumsum(found.sum(axis=1))])  # each user's first pair
 
-    def part(a: int, b: int) -> np.ndarray:
-        mine = None if cosine is None else cosine[first[a] : first[b]]
-        return _reasons_of(scorer, inputs.select(slice(a, b)), rows[a:b], found[a:b], space, mine)
+    def part(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        return _reasons_of(scorer, inputs.select(slice(a, b)), rows[a:b], found[a:b], space)
 
     with ThreadPoolExecutor(min(workers(), len(bounds) - 1)) as pool:
-        return np.concatenate(list(pool.map(part, bounds[:-1], bounds[1:])))
+        why, cosine = zip(*pool.map(part, bounds[:-1], bounds[1:]), strict=True)
+    return np.concatenate(why), np.concatenate(cosine)
 
 
 def _reasons_of(
-    scorer: HybridScorer,
-    inputs: UserInputs,
-    rows: np.ndarray,
-    found: np.ndarray,
+    scorer: HybridScorer, inputs: UserInputs, rows: np.ndarray, found: np.ndarray,
     space: TrackSpace,
-    cosine: np.ndarray | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """:func:`_reasons` in one thread."""
     users, slot = np.nonzero(found)
     picked = rows[users, slot]
+    cosine = pair_dots(inputs.dna, space.units, users, picked, _PAIR_ROWS)
     parts = _pair_parts(scorer, inputs, users, picked, cosine)
     names = [p for p in PARTS if p in parts]
     out = np.full(len(users), "", dtype=object)
     if not names or not len(users):
-        return out
+        return out, cosine
     weights = scorer.weights.to_dict()
     contrib = np.empty((len(names), len(users)))  # (P, H), written once: no stacked copies
     for i, p in enumerate(names):
@@ -648,20 +642,19 @@ def _reasons_of(
     for part in ("collab", "decoder"):
         if part in names:
             out[np.flatnonzero(said & (best == names.index(part)))] = "listeners like you"
-    return out
+    return out, cosine
 
 
 def _pair_parts(
     scorer: HybridScorer, inputs: UserInputs, users: np.ndarray, picked: np.ndarray,
-    cosine: np.ndarray | None = None,
+    cosine: np.ndarray,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """(H,) float32 value of each part for each (users[i], picked[i]) pair, pair by pair (so
     a user's reasons do not depend on the block): the artist, decoder and collab parts as
-    :meth:`HybridScorer.parts` gives them, the DNA cosine of the float32 unit vectors."""
+    :meth:`HybridScorer.parts` gives them, the DNA part as the pairs' ``cosine`` (NaN where
+    the track has no features)."""
     unit = HybridWeights(dna=0.0, artist=1.0, collab=1.0, decoder=1.0)
     out = PairScorer(scorer, inputs, unit, None).parts(users, picked)
-    if cosine is None:  # the report's similarity column, when the caller has it
-        cosine = pair_dots(inputs.dna, scorer.space.units, users, picked, _PAIR_ROWS)
     cos = np.array(cosine, np.float32)
     cos[~scorer.space.has_features[picked]] = np.nan
     out["dna"] = cos.astype(np.float32)

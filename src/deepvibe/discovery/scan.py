@@ -286,12 +286,10 @@ def _one_pass(
     groups = [
         _UserGroup(int(a), int(b), k, floor[a:b], ordered) for a, b in itertools.pairwise(bounds)
     ]
-    if seed is not None:  # (B, k') rows (-1: none) and scores found before the scan
-        for g in groups:
-            rows, scores = seed[0][g.u0 : g.u1], seed[1][g.u0 : g.u1]
-            users, slot = np.nonzero(rows >= 0)
-            g.best.push(users, rows[users, slot], scores[users, slot])
     with single_threaded_blas(), ThreadPoolExecutor(n_workers) as pool:
+        if seed is not None:  # (B, k') rows (-1: none) and scores found before the scan
+            for job in [pool.submit(g.push_seed, *seed) for g in groups]:
+                job.result()
         for start, size, prepared in _chunks(db, chunk_size, scorer, cache):
             jobs = [pool.submit(g.score_chunk, scorer, prepared, start, size) for g in groups]
             for job in jobs:
@@ -325,6 +323,12 @@ class _UserGroup:
         # one tile's scores and hits, reused: a fresh 2 MiB array per tile costs page faults
         self._cells = np.empty(self.users_per_tile * self.width, dtype=np.float32)
         self._hits = np.empty(self.users_per_tile * self.width, dtype=bool)
+
+    def push_seed(self, rows: np.ndarray, scores: np.ndarray) -> None:
+        """The group's share of (B, k') rows (-1: none) and scores of the whole scan's users."""
+        rows, scores = rows[self.u0 : self.u1], scores[self.u0 : self.u1]
+        users, slot = np.nonzero(rows >= 0)
+        self.best.push(users, rows[users, slot], scores[users, slot])
 
     def score_chunk(self, scorer: ChunkScorer, prepared: Any, start: int, size: int) -> None:
         candidates = getattr(scorer, "candidates", None)
