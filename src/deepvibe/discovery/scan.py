@@ -318,7 +318,11 @@ class _UserGroup:
         self.u0, self.u1 = u0, u1
         self.users_per_tile = min(u1 - u0, _TILE_USERS)
         self.width = max(256, _TILE_CELLS // self.users_per_tile)
-        self.best = StreamingTopK(u1 - u0, k, ordered=ordered)
+        # k + 1,024 places: a compaction (which raises the bar to the k-th best) after every
+        # 1,024 new entries per user, not 2,024 (StreamingTopK's default 2k + 1,024, less the
+        # k it keeps). On a Zipf catalogue, k = 1,000: the hybrid scored 22% fewer pairs
+        # exactly, the DNA-only scan 7%; k + 512 spent more in compactions than it saved.
+        self.best = StreamingTopK(u1 - u0, k, width=k + 1024, ordered=ordered)
         self.best.raise_floor(floor)
         # one tile's scores and hits, reused: a fresh 2 MiB array per tile costs page faults
         self._cells = np.empty(self.users_per_tile * self.width, dtype=np.float32)
