@@ -425,10 +425,8 @@ class Discoverer:
         users, slot = np.nonzero(found)
         picked = rows[users, slot]  # space rows are database rows
         uniq, where = np.unique(picked, return_inverse=True)
-        with ThreadPoolExecutor(1) as reader:  # the read (Arrow's threads) beside the reasons
-            read = reader.submit(lambda: track_table(db.take_arrow(uniq)))  # one for the block
-            reasons, similarity = _reasons(scorer, inputs, rows, found, space)
-            tracks = read.result()
+        tracks = track_table(db.take_arrow(uniq))  # one metadata read for the whole block
+        reasons, similarity = _reasons(scorer, inputs, rows, found, space)
         score = scores[users, slot].astype(np.float64)
         hits = _Hits(users, where, similarity.astype(np.float64), score, reasons)
         return tracks, hits, inputs.dna_raw.astype(np.float64)
