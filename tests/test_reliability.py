@@ -374,6 +374,9 @@ def test_atomic_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
         (tmp / "b.npy").write_bytes(b"second")
         assert not target.exists()  # nothing there until the block ends
     assert sorted(p.name for p in target.iterdir()) == ["a.npy", "b.npy"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's 0700
     with atomic_folder(target) as tmp:
         (tmp / "a.npy").write_bytes(b"another")
     assert (target / "a.npy").read_bytes() == b"first"

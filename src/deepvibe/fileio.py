@@ -72,16 +72,20 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise DeepVibeError(
             f"{target.parent}: cannot write here ({exc.strerror}); choose a writable location"
         ) from exc
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder normal permissions
     try:
         yield tmp
         for file in tmp.iterdir():
             with open(file, "rb+") as fh:
                 os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        if target.exists():
-            shutil.rmtree(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            shutil.rmtree(tmp)  # another writer's folder got there first: it is kept
             return
-        os.rename(tmp, target)
         _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
