@@ -15,13 +15,15 @@ import itertools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import pandas as pd
 
 from deepvibe.errors import DataError, DeepVibeError
+
+T = TypeVar("T")
 
 
 def _umask() -> int:
@@ -36,13 +38,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     if target.is_dir():
         raise DeepVibeError(f"{target}: is a folder; give a file name to write to")
-    _make_folder(target.parent, "output folder")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise DeepVibeError(
-            f"{target.parent}: cannot write here ({exc.strerror}); choose a writable location"
-        ) from exc
+    fd, tmp_name = _beside(target, tempfile.mkstemp)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
@@ -65,13 +61,7 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     replace another in one step: where ``path`` exists already (another run wrote it first),
     it is kept and the new one dropped."""
     target = Path(path)
-    _make_folder(target.parent, "output folder")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    except OSError as exc:
-        raise DeepVibeError(
-            f"{target.parent}: cannot write here ({exc.strerror}); choose a writable location"
-        ) from exc
+    tmp = Path(_beside(target, tempfile.mkdtemp))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder normal permissions
     try:
         yield tmp
@@ -90,6 +80,18 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _beside(target: Path, make: Callable[..., T]) -> T:
+    """``make`` (tempfile.mkstemp or mkdtemp) of a hidden temporary beside ``target``, its
+    folder made first; a DeepVibeError naming the folder where it cannot be written."""
+    _make_folder(target.parent, "output folder")
+    try:
+        return make(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise DeepVibeError(
+            f"{target.parent}: cannot write here ({exc.strerror}); choose a writable location"
+        ) from exc
 
 
 def _fsync_dir(folder: Path) -> None:

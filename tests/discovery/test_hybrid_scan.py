@@ -623,17 +623,35 @@ def test_a_saved_scan_index_is_the_built_one_and_ranks_the_same(
 def test_a_scan_index_that_does_not_fit_is_built_again_and_an_unwritable_one_warned(
     monkeypatch, small_sample, tmp_path: Path, caplog
 ) -> None:
-    """A saved index whose shapes are not the space's (or that cannot be read) is built
-    again with a warning naming the folder; a folder that cannot be written only warns."""
+    """A saved index whose shapes are not the space's, that misses an array or that cannot
+    be read is built again with a warning naming the folder, and saved in its place (the
+    next run reads it without a warning); a folder that cannot be written only warns."""
     scorer, inputs = _scorer_and_inputs(4)
     want = rank_space(scorer, inputs, 100, inputs.history)
     rank_database(_with_files(scorer, tmp_path), inputs, 100, inputs.history)
     (folder,) = tmp_path.glob("db.dvcache.index-*")
-    np.save(folder / "order.rows.npy", np.arange(10))  # not this space's length
-    with caplog.at_level(logging.WARNING, logger=hybrid_scan.__name__):
-        got = rank_database(_with_files(scorer, tmp_path), inputs, 100, inputs.history)
-    assert str(folder) in caplog.text and "building the scan index again" in caplog.text
-    np.testing.assert_array_equal(got[0], want[0])
+    good = (folder / "order.rows.npy").read_bytes()
+
+    def spoilt(*, rows: bool = False, grid: bool = False, text: bool = False) -> None:
+        if rows:
+            np.save(folder / "order.rows.npy", np.arange(10))  # not this space's length
+        if grid:
+            (folder / "order.grid.npy").unlink()
+        if text:
+            (folder / "order.count.npy").write_text("not an array")
+
+    for how in ({"rows": True}, {"grid": True}, {"text": True}):
+        spoilt(**how)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            got = rank_database(_with_files(scorer, tmp_path), inputs, 100, inputs.history)
+        assert str(folder) in caplog.text and "building the scan index again" in caplog.text
+        np.testing.assert_array_equal(got[0], want[0])
+        assert (folder / "order.rows.npy").read_bytes() == good  # saved again, whole
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            rank_database(_with_files(scorer, tmp_path), inputs, 100, inputs.history)
+        assert caplog.text == ""
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="deepvibe.discovery.space_cache"):
         # a file where its folder should be: cannot be written, even by root

@@ -653,9 +653,9 @@ def _pair_parts(
     the track has no features)."""
     unit = HybridWeights(dna=0.0, artist=1.0, collab=1.0, decoder=1.0)
     out = PairScorer(scorer, inputs, unit, None).parts(users, picked)
-    cos = np.array(cosine, np.float32)
+    cos = np.array(cosine, np.float32)  # a copy: the caller's column keeps its values
     cos[~scorer.space.has_features[picked]] = np.nan
-    out["dna"] = cos.astype(np.float32)
+    out["dna"] = cos
     return out
 
 

@@ -71,7 +71,7 @@ from deepvibe.ranking.topk import StreamingTopK
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_BUILDING = threading.RLock()  # see _kept_on
+_BUILDING = threading.Lock()  # see _kept_on
 
 _SAMPLE = 8192  # space rows behind each user's F
 _MARGIN = 3  # F aims at _MARGIN * k tracks, so falling short of k is rare
@@ -505,8 +505,10 @@ class ScanIndex:
                          np.array(arrays[f"{name}.indptr"])),
                         shape=tuple(int(x) for x in arrays[f"{name}.shape"]),
                     )  # fmt: skip
+                elif name in arrays or "None" not in str(field.type):
+                    values[field.name] = arrays[name]  # KeyError where one is missing
                 else:
-                    values[field.name] = arrays.get(name)
+                    values[field.name] = None  # saved as nothing (Segments.cf without a model)
             return kind(**values)
 
         order, segments = part(ArtistOrder, "order"), part(Segments, "segments")
@@ -625,7 +627,10 @@ class PairScorer:
 
     @functools.cached_property
     def _cf_at(self) -> np.ndarray:
-        return _cf_at(self.scorer)
+        """(n,) bool by position: the track credits an artist of the ArtistCF vocabulary."""
+        cf_at = _scan_index(self.scorer).cf_at
+        assert cf_at is not None
+        return cf_at
 
     def select(self, which: np.ndarray) -> PairScorer:
         """The same for the users ``which``."""
@@ -1082,10 +1087,11 @@ def _max_row(matrix: sp.csr_matrix) -> np.ndarray:
 
 def _kept_on(scorer: HybridScorer, name: str, build: Callable[[], T]) -> T:
     """``build()``, made once per scorer (one space) and kept on it for every block; once,
-    too, when worker threads ask at the same time (both built Segments in a first block)."""
+    too, when worker threads ask at the same time (two of them once built Segments in one
+    first block). ``build`` must not ask for another kept value: the lock is not re-entrant."""
     out = getattr(scorer, name, None)
     if out is None:
-        with _BUILDING:  # re-entrant: one build may ask for another (Segments: the order)
+        with _BUILDING:
             out = getattr(scorer, name, None)
             if out is None:
                 out = build()
@@ -1108,6 +1114,7 @@ def _scan_index(scorer: HybridScorer) -> ScanIndex:
                     return ScanIndex.from_arrays(stored, scorer)
                 except (KeyError, ValueError) as exc:
                     log.warning("%s: %s; building the scan index again", files.path(key), exc)
+                    files.discard(key)
         index = ScanIndex.of(scorer)
         if files is not None and key is not None:
             files.save(key, index.arrays())
@@ -1137,13 +1144,6 @@ def _artist_order(scorer: HybridScorer) -> ArtistOrder:
 
 def _segments(scorer: HybridScorer) -> Segments:
     return _scan_index(scorer).segments
-
-
-def _cf_at(scorer: HybridScorer) -> np.ndarray:
-    """(n,) bool by position: the track credits an artist of the ArtistCF vocabulary."""
-    cf_at = _scan_index(scorer).cf_at
-    assert cf_at is not None
-    return cf_at
 
 
 def _rank_before_scan(

@@ -131,7 +131,13 @@ class IndexFiles:
             }  # fmt: skip
         except (OSError, ValueError, EOFError) as exc:
             log.warning("%s: unreadable (%s); building the scan index again", folder, exc)
+            self.discard(key)
             return None
+
+    def discard(self, key: str) -> None:
+        """Remove what is saved under ``key`` (a folder that cannot be used: the next save
+        would otherwise keep it, see :func:`~deepvibe.fileio.atomic_folder`)."""
+        shutil.rmtree(self.path(key), ignore_errors=True)
 
     def save(self, key: str, arrays: dict[str, np.ndarray]) -> None:
         """Save ``arrays`` under ``key`` (a folder written whole, then renamed into place:
