@@ -1,11 +1,12 @@
 """In-process cost of a batch's blocks: ``Discoverer._block`` for one user, then the same
 block sizes as ``discover --all`` (users 0-1,023, 1,024-1,999, then 0-1,023 again), hybrid
 (``--source db``) and DNA-only, each in a fresh process, so the first block carries what a
-batch builds once (the hybrid's ``ArtistOrder`` and ``Segments``, first-touched memory) and
-the later ones do not. ``--src`` (repeatable): other package sources to time the same way,
-e.g. a ``git archive`` of an older commit, for an A/B in one run; with two or more, the
-first round's reports of users 0-1,023 are compared with the first source's (largest DNA
-change, share of report rows that differ, users whose top 100 differ as a set).
+batch does once (the hybrid's scan index, built, or read back where an earlier run saved it
+beside the database cache; first-touched memory) and the later ones do not. ``--src``
+(repeatable): other package sources to time the same way, e.g. a ``git archive`` of an
+older commit, for an A/B in one run; with two or more, the first round's reports of users
+0-1,023 are compared with the first source's (largest DNA change, share of report rows that
+differ, users whose top 100 differ as a set).
 
 The data are ``bench_discover.py``'s (toy data, ``--zipf-artists`` as there, a tiny model),
 built once under ``--workdir`` and reused when it exists.
