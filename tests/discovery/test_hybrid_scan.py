@@ -267,6 +267,33 @@ def test_pruned_ranking_on_a_zipf_catalogue_equals_scoring_every_pair(
     assert sum(handed) <= N_USERS // 10
 
 
+@pytest.mark.parametrize(
+    "weights",
+    [HybridWeights(1.0, 3.0, 1.0, 0.25), HybridWeights(1.0, 0.0, 3.0, 0.3),
+     HybridWeights(1.0, 3.0, 0.0, 0.0), HybridWeights(1.0, 0.0, 0.0, 0.3)],
+)  # fmt: skip
+def test_segment_rooms_bound_the_lift_of_every_track_in_their_segment(weights) -> None:
+    """Known answer by brute force: per user and segment of the scan order, the room is at
+    least the largest share + collab part (weighted, float32 as the pairs are scored) of
+    the segment's tracks, and 0 where neither part has a weight."""
+    scorer, inputs = _zipf_catalogue(8)
+    order = hybrid_scan._artist_order(scorer)
+    strong = hybrid_scan._long_artists(scorer, inputs, weights, order)
+    done = np.zeros(strong.lift.shape, bool)  # nothing ranked before the scan
+    rooms = hybrid_scan._segment_rooms(scorer, inputs, weights, order, strong, done, None, False)
+    n = len(order.rows)
+    lifts = replace(weights, dna=0.0, decoder=0.0)
+    pairs = hybrid_scan.PairScorer(scorer, inputs, lifts, None)
+    lift = pairs(np.repeat(np.arange(N_USERS), n), np.tile(order.rows, N_USERS))
+    most = np.maximum.reduceat(lift.reshape(N_USERS, n), np.arange(0, n, hybrid_scan._SEGMENT), 1)
+    assert rooms.shape == most.shape
+    assert (rooms >= most - 1e-5 * (1.0 + most)).all()
+    if weights.artist == weights.collab == 0:
+        assert not rooms.any()
+    else:
+        assert (most > 0).mean() > 0.5  # so the bound is tested where it matters
+
+
 @pytest.mark.parametrize("mode", ["standard", "new-artists"])
 def test_segments_the_scan_would_mostly_score_are_ranked_by_products(
     monkeypatch, small_sample, mode

@@ -113,6 +113,7 @@ def _why_per_user(scorer, inputs, rows, found, space) -> list[str]:  # noqa: ANN
     [
         ((1.0, 3.0, 3.0, 0.3), {"sounds like", "listeners like you"}),
         ((0.1, 10.0, 0.3, 0.1), {"artist"}),
+        ((1.0, 0.0, 3.0, 0.0), {"sounds like", "listeners like you"}),  # parts not looked up
     ],
 )
 def test_block_reasons_equal_the_per_user_why(hybrid_model, weights, kinds) -> None:
@@ -136,6 +137,54 @@ def test_block_reasons_equal_the_per_user_why(hybrid_model, weights, kinds) -> N
     users, slot = np.nonzero(found_pairs)  # the similarity column, group by group, in order
     exact = pair_dots(inputs.dna, scorer.space.units, users, rows[users, slot], len(users))
     assert cosine.tobytes() == exact.tobytes()
+
+
+def test_defect_why_in_new_artist_mode_used_the_standard_weights(hybrid_model) -> None:
+    """--new-artists ranks by its own weights, and its ``why`` says which of their parts
+    drove each row (was: the standard mode's weights, so a part the mode weighs 0 could
+    be named)."""
+    found = Discoverer.from_checkpoint(hybrid_model.best_checkpoint_path, source="db",
+                                       progress=False)  # fmt: skip
+    assert found.hybrid is not None
+    found.hybrid.weights = HybridWeights(1.0, 3.0, 3.0, 0.3)
+    found.new_artist_weights = HybridWeights(1.0, 0.0, 0.0, 0.0)  # the DNA part alone
+    inter = load_training_users(hybrid_model.data)
+    batch = align_users(inter, found.track_ids, None, "toy", found.hybrid.space.track_ids)
+    batch = batch.select(slice(0, 40))
+    standard = next(found.discover_blocks(batch, 30, "standard"))
+    new = next(found.discover_blocks(batch, 30, "new-artists"))
+    assert standard.why is not None and new.why is not None
+    assert "listeners like you" in set(standard.why)  # so the check below can fail
+    assert {w.split(":")[0] for w in new.why} <= {"sounds like", ""}
+
+
+def test_a_batchs_history_is_looked_up_in_the_database_once(hybrid_model, monkeypatch) -> None:
+    """The space rows of a batch's history ids are found once and reused by every block
+    (each block hashed the database's ids again); the blocks' results are those of blocks
+    discovered on their own."""
+    found = Discoverer.from_checkpoint(hybrid_model.best_checkpoint_path, source="db",
+                                       progress=False)  # fmt: skip
+    assert found.hybrid is not None
+    found.settings = found.settings.model_copy(update={"user_block": signals.TILE})
+    inter = load_training_users(hybrid_model.data)
+    batch = align_users(inter, found.track_ids, None, "toy", found.hybrid.space.track_ids)
+    batch = batch.select(slice(0, 3 * signals.TILE))
+    calls: list[int] = []
+    rows_of = TrackSpace.rows_of
+
+    def counting(self, track_ids):  # noqa: ANN001, ANN202
+        calls.append(len(track_ids))
+        return rows_of(self, track_ids)
+
+    monkeypatch.setattr(TrackSpace, "rows_of", counting)
+    blocks = list(found.discover_blocks(batch, 20, "standard"))
+    assert len(blocks) == 3 and calls == [len(batch.history_ids)]
+    alone = Discoverer.from_checkpoint(hybrid_model.best_checkpoint_path, source="db",
+                                       progress=False)  # fmt: skip
+    last = batch.select(slice(2 * signals.TILE, 3 * signals.TILE))
+    want = next(alone.discover_blocks(last, 20, "standard"))
+    assert list(blocks[-1].why) == list(want.why)
+    np.testing.assert_array_equal(blocks[-1].score, want.score)
 
 
 def test_defect_hybrid_score_depends_on_the_users_row_in_the_tile() -> None:

@@ -139,6 +139,10 @@ class Discoverer:
         self.new_artist_anchor: float | None = None  # its Vibe DNA anchor (None: the scorer's)
         # Standardised database chunks, kept across blocks while they fit (per scorer setup).
         self._prepared: dict[tuple[object, ...], PreparedChunks] = {}
+        # (a batch's history_ids, their rows in the hybrid's space): looked up once per batch,
+        # not per block (each lookup of a few ids hashed the database's ids: 37 ms a block
+        # over 1,000,000 tracks)
+        self._history_rows: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def from_checkpoint(
@@ -407,7 +411,7 @@ class Discoverer:
         scorer, db = self.hybrid, self.database
         assert scorer is not None and db is not None
         space, s = scorer.space, self.settings
-        history = _history_in_space(batch, space)  # (b, m) binary
+        history = self._history_in_space(batch)  # (b, m) binary
         anchor = self.new_artist_anchor if "new-artists" in mode else None
         inputs = scorer.user_inputs(history, batch.plays, anchor)
         artists = None  # --new-artists: every track crediting an artist of the history
@@ -426,10 +430,18 @@ class Discoverer:
         picked = rows[users, slot]  # space rows are database rows
         uniq, where = np.unique(picked, return_inverse=True)
         tracks = track_table(db.take_arrow(uniq))  # one metadata read for the whole block
-        reasons, similarity = _reasons(scorer, inputs, rows, found, space)
+        reasons, similarity = _reasons(scorer, inputs, rows, found, space, weights)
         score = scores[users, slot].astype(np.float64)
         hits = _Hits(users, where, similarity.astype(np.float64), score, reasons)
         return tracks, hits, inputs.dna_raw.astype(np.float64)
+
+    def _history_in_space(self, batch: UserBatch) -> sp.csr_matrix:
+        """:func:`_history_in_space`, the rows of the batch's history ids looked up once."""
+        assert self.hybrid is not None
+        ids = batch.history_ids  # the whole batch's, shared by its blocks
+        if self._history_rows is None or self._history_rows[0] is not ids:
+            self._history_rows = (ids, self.hybrid.space.rows_of(ids))
+        return _history_in_space(batch, self.hybrid.space, self._history_rows[1])
 
     def _from_catalogue(
         self, scores: np.ndarray, n: int, mode: Mode, batch: UserBatch
@@ -574,19 +586,23 @@ def gems_penalty(popularity: np.ndarray, lam: float, ceiling: float | None) -> n
     return penalty
 
 
-def _history_in_space(batch: UserBatch, space: TrackSpace) -> sp.csr_matrix:
-    """(b, m): every track each user played (catalogue or not) that the database holds."""
-    hist = space.to_space(batch.history_matrix, batch.history_ids)
+def _history_in_space(
+    batch: UserBatch, space: TrackSpace, rows: np.ndarray | None = None
+) -> sp.csr_matrix:
+    """(b, m): every track each user played (catalogue or not) that the database holds;
+    ``rows``: the space rows of ``batch.history_ids``, where the caller has them."""
+    hist = space.to_space(batch.history_matrix, batch.history_ids, rows)
     hist.data[:] = 1.0
     return hist
 
 
 def _reasons(
     scorer: HybridScorer, inputs: UserInputs, rows: np.ndarray, found: np.ndarray,
-    space: TrackSpace,
+    space: TrackSpace, weights: HybridWeights | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """The ``why`` of each found (user, track), users in order: the part that added most,
-    as :func:`deepvibe.discovery.hybrid.why` says it; and each pair's DNA cosine (the
+    """The ``why`` of each found (user, track), users in order: the part that added most
+    under ``weights`` (those that ranked the tracks; default the scorer's), as
+    :func:`deepvibe.discovery.hybrid.why` says it; and each pair's DNA cosine (the
     report's similarity column), float64. For groups of ``_REASON_USERS`` users shared by
     the scan's worker threads (one thread took 0.1-0.2 s per 1,024 users while the other
     core waited).
@@ -594,12 +610,14 @@ def _reasons(
     Parts are computed pair by pair, so a user's reasons do not depend on who else is in
     the block."""
     n_users = found.shape[0]
+    w = weights or scorer.weights
     if n_users <= _REASON_USERS:
-        return _reasons_of(scorer, inputs, rows, found, space)
+        return _reasons_of(scorer, inputs, rows, found, space, w)
     bounds = np.append(np.arange(0, n_users, _REASON_USERS), n_users)
 
     def part(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        return _reasons_of(scorer, inputs.select(slice(a, b)), rows[a:b], found[a:b], space)
+        mine = inputs.select(slice(a, b))
+        return _reasons_of(scorer, mine, rows[a:b], found[a:b], space, w)
 
     with ThreadPoolExecutor(min(workers(), len(bounds) - 1)) as pool:
         why, cosine = zip(*pool.map(part, bounds[:-1], bounds[1:]), strict=True)
@@ -608,18 +626,18 @@ def _reasons(
 
 def _reasons_of(
     scorer: HybridScorer, inputs: UserInputs, rows: np.ndarray, found: np.ndarray,
-    space: TrackSpace,
+    space: TrackSpace, w: HybridWeights,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """:func:`_reasons` in one thread."""
+    """:func:`_reasons` in one thread, under weights ``w``."""
     users, slot = np.nonzero(found)
     picked = rows[users, slot]
     cosine = pair_dots(inputs.dna, space.units, users, picked, _PAIR_ROWS)
-    parts = _pair_parts(scorer, inputs, users, picked, cosine)
+    parts = _pair_parts(scorer, inputs, users, picked, cosine, w)
     names = [p for p in PARTS if p in parts]
     out = np.full(len(users), "", dtype=object)
     if not names or not len(users):
         return out, cosine
-    weights = scorer.weights.to_dict()
+    weights = w.to_dict()
     contrib = np.empty((len(names), len(users)))  # (P, H), written once: no stacked copies
     for i, p in enumerate(names):
         np.multiply(parts[p], weights[p], out=contrib[i], dtype=np.float64)
@@ -645,14 +663,17 @@ def _reasons_of(
 
 def _pair_parts(
     scorer: HybridScorer, inputs: UserInputs, users: np.ndarray, picked: np.ndarray,
-    cosine: np.ndarray,
+    cosine: np.ndarray, w: HybridWeights,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """(H,) float32 value of each part for each (users[i], picked[i]) pair, pair by pair (so
     a user's reasons do not depend on the block): the artist, decoder and collab parts as
     :meth:`HybridScorer.parts` gives them, the DNA part as the pairs' ``cosine`` (NaN where
-    the track has no features)."""
+    the track has no features). A part of weight 0 in ``w`` is 0 for every pair, not looked
+    up: it adds 0, and a part is said only when it adds more than 0."""
     unit = HybridWeights(dna=0.0, artist=1.0, collab=1.0, decoder=1.0)
-    out = PairScorer(scorer, inputs, unit, None).parts(users, picked)
+    weights = w.to_dict()
+    unused = [p for p in ("artist", "collab", "decoder") if weights[p] == 0]
+    out = PairScorer(scorer, inputs, unit, None).parts(users, picked, unused)
     cos = np.array(cosine, np.float32)  # a copy: the caller's column keeps its values
     cos[~scorer.space.has_features[picked]] = np.nan
     out["dna"] = cos

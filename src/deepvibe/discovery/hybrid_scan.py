@@ -46,7 +46,7 @@ import dataclasses
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -90,8 +90,10 @@ _SEGMENT = 256  # scan positions sharing one lift room per user (see _segment_ro
 _EXCESS = 256  # per user, about this many collab artists get their own room; c_u the rest
 _EXCESS_SHARES = 32  # per user, this many share artists get their own room
 _POWER = 16  # the p of _add_most's p-norm
+_BAND_CELLS = 1 << 16  # float64 cells per band of _outer_sums (512 KiB)
 _PRODUCT_SHARE = 0.05  # step 3 scores a run by a product if the scan would score this share
 _EXCESS_SAMPLE = 1024  # ArtistCF columns behind each user's c_u
+_BAR_SEGMENTS = 32  # segments whose bars are made at once (see HybridChunkScorer._held_bars)
 _DENSE_SEGMENTS = 16  # segments scored by one product at most (4,096 positions)
 _DENSE_SHARE = 0.1  # a segment is scored by products where the scan would score this share
 # (of 0.02-0.2, the fastest on both Zipf catalogues of docs/BENCHMARKS.md)
@@ -249,6 +251,7 @@ class HybridChunkScorer:
         self.done = done  # (U, S) bool: a strong artist's tracks outside the catalogue ranked
         self.catalogue_done = catalogue_done  # the catalogue's tracks ranked for every user
         self.n_users = users.dna.shape[0]
+        self._held: dict[tuple[int, int], tuple[int, np.ndarray]] = {}  # see _held_bars
         dna = np.asarray(users.dna, np.float32)
         finite = np.isfinite(dna).all(axis=1)
         w = np.float32(weights.dna)
@@ -328,8 +331,24 @@ class HybridChunkScorer:
         segment by segment in one pass (``hits``: (b, c1 - c0) bool scratch), as the DNA-only
         scan compares it with one bar per user."""
         p0, g0, g1 = _tile_segments(prepared, c0, c1)
-        _reaching(approx, self._bars(users, g0, g1, bound), p0 % _SEGMENT, hits)
+        _reaching(approx, self._held_bars(users, g0, g1, bound), p0 % _SEGMENT, hits)
         return np.divmod(np.flatnonzero(hits), c1 - c0)
+
+    def _held_bars(
+        self, users: slice | np.ndarray, g0: int, g1: int, bound: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`_bars` of segments g0:g1, from those made for the next ``_BAR_SEGMENTS``
+        segments at once (per tile, the few small steps cost as much as the comparison).
+        Bounds only rise, so bars made with an earlier one are at most the current ones:
+        a few more pairs scored exactly, never one missed. One entry per worker's users."""
+        if not isinstance(users, slice):  # some users only (live): made for the tile
+            return self._bars(users, g0, g1, bound)
+        key = (users.start, users.stop)
+        held = self._held.get(key)
+        if held is None or g0 < held[0] or g1 > held[0] + held[1].shape[1]:
+            end = max(g1, min(g0 + _BAR_SEGMENTS, self.rooms.shape[1]))
+            held = self._held[key] = (g0, self._bars(users, g0, end, bound))
+        return held[1][:, g0 - held[0] : g1 - held[0]]
 
     def row_ids(self, prepared: dict[str, np.ndarray], cols: np.ndarray) -> np.ndarray:
         return prepared["rows"][cols]
@@ -636,23 +655,31 @@ class PairScorer:
         """The same for the users ``which``."""
         return PairScorer(self.scorer, self.users.select(which), self.weights, self.penalty_in)
 
-    def parts(self, user_rows: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+    def parts(
+        self, user_rows: np.ndarray, rows: np.ndarray, zero: Collection[str] = ()
+    ) -> dict[str, np.ndarray]:
         """(P,) float32 artist, decoder and collab parts of each pair, each times its weight
-        (built with weight 1: the parts of HybridScorer.parts, pair by pair)."""
+        (built with weight 1: the parts of HybridScorer.parts, pair by pair); those named in
+        ``zero`` as 0 for every pair, not looked up."""
         user_rows = np.asarray(user_rows, np.int64)
         rows = np.asarray(rows, np.int64)
         out = {}
         if self.share_keys is not None:
             out["artist"] = np.zeros(len(rows), np.float32)
-            if len(self.share_keys):
+            if len(self.share_keys) and "artist" not in zero:
                 self._add_shares(out["artist"], user_rows, rows)
         if self.decoder is not None:
-            cat = self.space.catalogue_index[rows]
-            inside = np.flatnonzero(cat >= 0)
             out["decoder"] = np.zeros(len(rows), np.float32)
-            out["decoder"][inside] = self.decoder[user_rows[inside], cat[inside]]
+            if "decoder" not in zero:
+                cat = self.space.catalogue_index[rows]
+                inside = np.flatnonzero(cat >= 0)
+                out["decoder"][inside] = self.decoder[user_rows[inside], cat[inside]]
         if self.collab is not None and self.cf_artists is not None:
-            out["collab"] = self._collab_maxima(user_rows, rows)
+            out["collab"] = (
+                np.zeros(len(rows), np.float32)
+                if "collab" in zero
+                else self._collab_maxima(user_rows, rows)
+            )
         return out
 
     def _add_shares(self, total: np.ndarray, user_rows: np.ndarray, rows: np.ndarray) -> None:
@@ -932,20 +959,24 @@ def _segment_rooms(
     and few excess collab artists against the segments that credit them."""
     segments = _segments(scorer)
     n_users, n_seg = users.dna.shape[0], len(segments.catalogue)
-    rooms = np.zeros((n_users, n_seg))
+    # the caps, per user times per segment, summed into rooms first (a band of users at a
+    # time: full (U, G) temporaries took 30-50 ms of a 1,024-user block in page faults);
+    # the excesses over them after, by sparse products
+    caps: list[tuple[np.ndarray, np.ndarray]] = []  # (U,) per user, (G,) per segment
+    excesses: list[tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray | None]] = []
     if w.artist > 0:
         shares = sp.csr_matrix(users.shares, dtype=np.float64) * w.artist
         if banned is not None:  # every track of theirs is excluded: no room needed
             shares = sp.csr_matrix(shares - shares.multiply(sp.csr_matrix(banned) != 0))
         cap, excess = _share_excess(shares)
-        # a track's share part: the sum of its artists' shares, its most prolific artist's
-        # and at most `credits` - 1 others'
-        rooms += np.where(segments.credits > 0, 1.0, 0.0) * cap[:, None]
-        _add_most(rooms, excess, segments.first)
+        # a track's share part: the sum of its artists' shares, each at most the cap plus
+        # its excess: `credits` caps, its most prolific artist's excess and at most
+        # `credits` - 1 others'
+        caps.append((cap, segments.credits))
+        excesses.append((excess, segments.first, None))
         others = np.maximum(segments.credits - 1.0, 0.0)
         if others.any():
-            rooms += others * cap[:, None]
-            _add_most(rooms, excess, segments.second, others)
+            excesses.append((excess, segments.second, others))
     if w.collab > 0 and users.collab is not None and segments.cf is not None:
         collab = np.asarray(users.collab, np.float32)
         cap32 = _collab_cap(collab)  # (U,) float32
@@ -954,17 +985,38 @@ def _segment_rooms(
             ((collab[u, a] - cap32[u]).astype(np.float64) * w.collab, (u, a)),
             shape=collab.shape,
         )
-        rooms += np.outer(w.collab * cap32.astype(np.float64), segments.has_cf)
-        _add_most(rooms, excess, segments.cf)  # a track's collab part: its artists' largest
+        # a track's collab part: its artists' largest
+        caps.append((w.collab * cap32.astype(np.float64), segments.has_cf.astype(np.float64)))
+        excesses.append((excess, segments.cf, None))
+    rooms = _outer_sums(caps, n_users, n_seg)
+    for values, incidence, factor in excesses:
+        _add_most(rooms, values, incidence, factor)
     ranked = np.flatnonzero(strong.column >= 0)[np.argsort(strong.column[strong.column >= 0])]
     u, c = np.nonzero(done)  # (user, strong column) ranked before the scan
     skip = sp.csr_matrix((np.ones(len(u)), (u, ranked[c])), shape=(n_users, segments.pure.shape[0]))
     if banned is not None:
         skip = skip + sp.csr_matrix(banned, dtype=np.float64)
-    rooms[(skip @ segments.pure).toarray() > 0] = -np.inf
+    ranked_there = sp.coo_matrix(skip @ segments.pure)  # positive entries only
+    rooms[ranked_there.row, ranked_there.col] = -np.inf
     if catalogue_done:
         rooms[:, segments.catalogue] = -np.inf
     return rooms
+
+
+def _outer_sums(terms: list[tuple[np.ndarray, np.ndarray]], n_rows: int, n_cols: int) -> np.ndarray:
+    """(n_rows, n_cols) float64: the sum of the outer products of ``terms`` ((n_rows,),
+    (n_cols,)), in their order, a band of rows at a time (temporaries that stay in cache)."""
+    if not terms:
+        return np.zeros((n_rows, n_cols))
+    out = np.empty((n_rows, n_cols))
+    band = max(1, _BAND_CELLS // max(1, n_cols))
+    (first_rows, first_cols), *rest = terms
+    for a in range(0, n_rows, band):
+        here = out[a : a + band]
+        np.multiply(first_rows[a : a + band, None], first_cols, out=here)
+        for by_row, by_col in rest:
+            here += by_row[a : a + band, None] * by_col
+    return out
 
 
 def _add_most(
@@ -1306,18 +1358,26 @@ class _ArtistRuns:
         skip = skip.copy()
         if self.banned is not None:
             skip |= np.asarray((self.banned[u] @ by_track.T).todense()) > 0
-        collab = None
+        collab = None  # the largest of 0 and the credits' weighted scores, credit by credit
         if pairs.collab is not None and columns is not None:
-            collab = np.zeros((len(u), len(rows)), np.float32)
             start, n_credits = by_track.indptr[:-1], np.diff(by_track.indptr)
             for j in range(int(n_credits.max(initial=0))):
                 has = np.flatnonzero(n_credits > j)
                 cf = columns[by_track.indices[start[has] + j]]
                 has, cf = has[cf >= 0], cf[cf >= 0]  # no ArtistCF artist: 0, adds nothing
                 # each artist's column read once (runs: several tracks each), then spread
+                # over every position, a column of 0 where the credit is none: whole rows,
+                # no scatter into the (users x positions) block
                 distinct, where = np.unique(cf, return_inverse=True)
-                value = pairs.collab[np.ix_(u, distinct)][:, where]
-                collab[:, has] = np.maximum(collab[:, has], value)
+                spot = np.full(len(rows), len(distinct))
+                spot[has] = where
+                value = np.zeros((len(u), len(distinct) + 1), np.float32)
+                value[:, :-1] = pairs.collab[np.ix_(u, distinct)]
+                spread = value[:, spot]  # (len(u), P)
+                if collab is None:
+                    collab = np.maximum(spread, np.float32(0.0), out=spread)
+                else:
+                    np.maximum(collab, spread, out=collab)
         self._push(best, p0, p1, u, share, collab, skip)
 
     def _push(

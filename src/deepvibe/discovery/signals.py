@@ -168,12 +168,16 @@ class TrackSpace:
         """The ids' hash table, built once (a 1,000,000-id index takes 0.3 s)."""
         return id_index(self.track_ids)
 
-    def to_space(self, plays: sp.csr_matrix, track_ids: np.ndarray) -> sp.csr_matrix:
-        """(U, len(track_ids)) plays -> (U, n) over the space's rows; unknown tracks drop."""
+    def to_space(
+        self, plays: sp.csr_matrix, track_ids: np.ndarray, rows: np.ndarray | None = None
+    ) -> sp.csr_matrix:
+        """(U, len(track_ids)) plays -> (U, n) over the space's rows; unknown tracks drop.
+        ``rows``: the space rows of ``track_ids`` (``rows_of``), where the caller has them."""
         plays = sp.csr_matrix(plays, dtype=np.float32)
-        used = np.unique(plays.indices)  # only the ids someone played are looked up
-        rows = np.full(len(track_ids), -1, np.int64)
-        rows[used] = self.rows_of(np.asarray(track_ids, dtype=object)[used])
+        if rows is None:
+            used = np.unique(plays.indices)  # only the ids someone played are looked up
+            rows = np.full(len(track_ids), -1, np.int64)
+            rows[used] = self.rows_of(np.asarray(track_ids, dtype=object)[used])
         known = np.flatnonzero(rows >= 0)
         pick = sp.csr_matrix(
             (np.ones(len(known), np.float32), (known, rows[known])),
