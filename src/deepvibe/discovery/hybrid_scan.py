@@ -59,11 +59,12 @@ from deepvibe.discovery.dna import on_grid
 from deepvibe.discovery.hybrid import HybridWeights
 from deepvibe.discovery.scan import (
     TrackChunk,
+    group_top_k,
     penalised_product,
     rounded_down,
     scan,
     single_threaded_blas,
-    workers,
+    user_groups,
 )
 from deepvibe.discovery.signals import HybridScorer, TrackSpace, UserInputs, rank_space
 from deepvibe.discovery.space_cache import IndexFiles
@@ -84,7 +85,6 @@ _SAMPLE_USERS = 256  # users per sample tile: (256 x 8,192) float32, 8 MiB
 _INDEX_VERSION = 1  # bump when what ScanIndex holds, or how it is built, changes
 _REL_TOL = 1e-5  # float32 rounding of a few parts, relative to their size, with margin
 
-_MIN_GROUP = 64  # users per worker thread before the scan, at least
 _LONG_RUN = 256  # an artist with this many tracks is scored by a product before the scan
 _SEGMENT = 256  # scan positions sharing one lift room per user (see _segment_rooms)
 _EXCESS = 256  # per user, about this many collab artists get their own room; c_u the rest
@@ -875,15 +875,14 @@ def _pruned(
     largest = strong.lift.max(axis=1, initial=0.0)
     if w.decoder > 0:
         largest = largest + w.decoder * np.maximum(users.decoder_z, 0).max(axis=1, initial=0.0)
-    n_users = users.dna.shape[0]
-    n_groups = max(1, min(workers(), n_users // _MIN_GROUP))
-    bounds = np.linspace(0, n_users, n_groups + 1).astype(int)
+    n_users, n_seg = users.dna.shape[0], len(_segments(scorer).catalogue)
+    rooms = np.empty((n_users, n_seg))  # each thread fills its users' rows
 
-    def before_scan(a: int, b: int) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray, tuple]:
-        """Step 3 and the rooms of users a:b (one worker thread's share)."""
+    def before_scan(a: int, b: int) -> tuple[np.ndarray, bool, np.ndarray, StreamingTopK]:
+        """Step 3 and the rooms of users a:b (one worker thread's share, as the scan's)."""
         mine = users.select(slice(a, b))  # views: select by index would copy 40 MB of collab
         sub = StrongArtists(strong.lift[a:b], strong.column)
-        best = StreamingTopK(b - a, k, ordered=False)
+        best = group_top_k(b - a, k, ordered=False)  # the scan goes on with it
         excluded = out.select(np.arange(a, b))
         runs = _ArtistRuns(PairScorer(scorer, mine, w, penalty), order, excluded, floor[a:b])
         done, catalogue_done = _rank_before_scan(
@@ -892,31 +891,34 @@ def _pruned(
         if banned is not None:  # nor candidates in the scan
             here = (banned[0] >= a) & (banned[0] < b)
             done[banned[0][here] - a, banned[1][here]] = True
-        rooms = _segment_rooms(scorer, mine, w, order, sub, done, excluded.artists, catalogue_done)
+        _segment_rooms(
+            scorer, mine, w, order, sub, done, excluded.artists, catalogue_done, rooms[a:b]
+        )
         outside = _segments(scorer).outside
-        _rank_dense_segments(best, runs, outside, rooms, spread[a:b], done, strong.column)
-        top = np.max(rooms, axis=1, where=np.isfinite(rooms), initial=0.0)
-        return done, catalogue_done, rooms, top, best.kept()  # the scan's seed: in no order
+        _rank_dense_segments(best, runs, outside, rooms[a:b], spread[a:b], done, strong.column)
+        top = np.max(rooms[a:b], axis=1, where=np.isfinite(rooms[a:b]), initial=0.0)
+        best.settle(np.arange(b - a))  # its threshold: the k-th best found, -inf for fewer
+        return done, catalogue_done, top, best
 
-    with single_threaded_blas(), ThreadPoolExecutor(n_groups) as pool:
-        parts = list(pool.map(before_scan, bounds[:-1], bounds[1:]))
+    groups = user_groups(n_users)
+    with single_threaded_blas(), ThreadPoolExecutor(len(groups)) as pool:
+        parts = list(pool.map(before_scan, *zip(*groups, strict=True)))
     done = np.concatenate([p[0] for p in parts])
     catalogue_done = parts[0][1]
-    rooms = np.concatenate([p[2] for p in parts])
-    top = np.concatenate([p[3] for p in parts])
-    e_rows = np.concatenate([p[4][0] for p in parts])
-    e_scores = np.concatenate([p[4][1] for p in parts])
+    top = np.concatenate([p[2] for p in parts])
+    tops = [p[3] for p in parts]
     tol = _REL_TOL * (1.0 + np.abs(floor) + w.dna + largest + 2.0 * top)
     if penalty is not None:
         tol += _REL_TOL * float(np.abs(penalty[np.isfinite(penalty)]).max(initial=0.0))
-    start_floor = np.maximum(floor, e_scores.min(axis=1))  # their k-th best: a lower bound
+    # their k-th best: a lower bound
+    start_floor = np.maximum(floor, np.concatenate([t.threshold for t in tops]))
     hybrid = HybridChunkScorer(
         scorer, users, w, penalty, out, pairs, tol, rooms, strong, order, done, catalogue_done,
         start_floor,
     )  # fmt: skip
     return scan(
         SpaceChunks(hybrid.order), hybrid, k, chunk, progress=False, floor=start_floor,  # type: ignore[arg-type]
-        seed=(e_rows, e_scores),
+        tops=tops,
     )  # fmt: skip
 
 
@@ -945,7 +947,7 @@ def _long_artists(
 def _segment_rooms(
     scorer: HybridScorer, users: UserInputs, w: HybridWeights, order: ArtistOrder,
     strong: StrongArtists, done: np.ndarray, banned: sp.csr_matrix | None,
-    catalogue_done: bool,
+    catalogue_done: bool, out: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
     """(U, G) float64: per user and segment of the scan order, at least the lift (share and
     collab parts, weighted) of any track there that can still be a candidate; -inf where none
@@ -988,7 +990,7 @@ def _segment_rooms(
         # a track's collab part: its artists' largest
         caps.append((w.collab * cap32.astype(np.float64), segments.has_cf.astype(np.float64)))
         excesses.append((excess, segments.cf, None))
-    rooms = _outer_sums(caps, n_users, n_seg)
+    rooms = _outer_sums(caps, n_users, n_seg, out)
     for values, incidence, factor in excesses:
         _add_most(rooms, values, incidence, factor)
     ranked = np.flatnonzero(strong.column >= 0)[np.argsort(strong.column[strong.column >= 0])]
@@ -1003,12 +1005,17 @@ def _segment_rooms(
     return rooms
 
 
-def _outer_sums(terms: list[tuple[np.ndarray, np.ndarray]], n_rows: int, n_cols: int) -> np.ndarray:
-    """(n_rows, n_cols) float64: the sum of the outer products of ``terms`` ((n_rows,),
-    (n_cols,)), in their order, a band of rows at a time (temporaries that stay in cache)."""
+def _outer_sums(
+    terms: list[tuple[np.ndarray, np.ndarray]], n_rows: int, n_cols: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
+    """(n_rows, n_cols) float64 (into ``out`` where given): the sum of the outer products of
+    ``terms`` ((n_rows,), (n_cols,)), in their order, a band of rows at a time (temporaries
+    that stay in cache)."""
+    out = np.empty((n_rows, n_cols)) if out is None else out
     if not terms:
-        return np.zeros((n_rows, n_cols))
-    out = np.empty((n_rows, n_cols))
+        out[:] = 0.0
+        return out
     band = max(1, _BAND_CELLS // max(1, n_cols))
     (first_rows, first_cols), *rest = terms
     for a in range(0, n_rows, band):

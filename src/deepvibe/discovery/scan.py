@@ -266,6 +266,22 @@ def _chunks(db: TrackDatabase, chunk_size: int, scorer: ChunkScorer, cache: Prep
             yield start, len(raw), cache.get(start, len(raw), lambda c=chunk: scorer.prepare(c))
 
 
+def user_groups(n_users: int) -> list[tuple[int, int]]:
+    """The scan's split of a block's users between its worker threads: (u0, u1) each."""
+    n_workers = max(1, min(workers(), n_users // _MIN_USERS_PER_WORKER))
+    bounds = np.linspace(0, n_users, n_workers + 1).astype(int)
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+
+def group_top_k(n_users: int, k: int, ordered: bool = True) -> StreamingTopK:
+    """A worker group's streaming top k. k + 1,024 places: a compaction (which raises the
+    bar to the k-th best) after every 1,024 new entries per user, not 2,024 (StreamingTopK's
+    default 2k + 1,024, less the k it keeps). On a Zipf catalogue, k = 1,000: the hybrid
+    scored 22% fewer pairs exactly, the DNA-only scan 7%; k + 512 spent more in compactions
+    than it saved."""
+    return StreamingTopK(n_users, k, width=k + 1024, ordered=ordered)
+
+
 def _one_pass(
     db: TrackDatabase,
     scorer: ChunkScorer,
@@ -274,22 +290,20 @@ def _one_pass(
     floor: np.ndarray,
     bar: Any,
     cache: PreparedChunks | None = None,
-    seed: tuple[np.ndarray, np.ndarray] | None = None,
+    tops: list[StreamingTopK] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The scan proper: every chunk once; its users split between worker threads (each with
-    its own streaming top k, holding ``seed`` from the start), each scoring tiles of
-    (users x tracks) that stay in cache."""
-    n_users = scorer.n_users
-    n_workers = max(1, min(workers(), n_users // _MIN_USERS_PER_WORKER))
-    bounds = np.linspace(0, n_users, n_workers + 1).astype(int)
+    its own streaming top k: ``tops``, one per group of :func:`user_groups`, where given),
+    each scoring tiles of (users x tracks) that stay in cache."""
+    bounds = user_groups(scorer.n_users)
+    if tops is not None and len(tops) != len(bounds):
+        raise ValueError(f"tops: one per user group ({len(bounds)}), got {len(tops)}")
     ordered = not hasattr(scorer, "row_ids")
     groups = [
-        _UserGroup(int(a), int(b), k, floor[a:b], ordered) for a, b in itertools.pairwise(bounds)
+        _UserGroup(a, b, k, floor[a:b], ordered, None if tops is None else tops[i])
+        for i, (a, b) in enumerate(bounds)
     ]
-    with single_threaded_blas(), ThreadPoolExecutor(n_workers) as pool:
-        if seed is not None:  # (B, k') rows (-1: none) and scores found before the scan
-            for job in [pool.submit(g.push_seed, *seed) for g in groups]:
-                job.result()
+    with single_threaded_blas(), ThreadPoolExecutor(len(groups)) as pool:
         for start, size, prepared in _chunks(db, chunk_size, scorer, cache):
             jobs = [pool.submit(g.score_chunk, scorer, prepared, start, size) for g in groups]
             for job in jobs:
@@ -314,25 +328,20 @@ class _UserGroup:
     there are none). With ``live``, ``approximate`` and ``candidates`` also take ``users`` as
     an index array."""
 
-    def __init__(self, u0: int, u1: int, k: int, floor: np.ndarray, ordered: bool = True) -> None:
+    def __init__(
+        self, u0: int, u1: int, k: int, floor: np.ndarray, ordered: bool = True,
+        best: StreamingTopK | None = None,
+    ) -> None:  # fmt: skip
         self.u0, self.u1 = u0, u1
         self.users_per_tile = min(u1 - u0, _TILE_USERS)
         self.width = max(256, _TILE_CELLS // self.users_per_tile)
-        # k + 1,024 places: a compaction (which raises the bar to the k-th best) after every
-        # 1,024 new entries per user, not 2,024 (StreamingTopK's default 2k + 1,024, less the
-        # k it keeps). On a Zipf catalogue, k = 1,000: the hybrid scored 22% fewer pairs
-        # exactly, the DNA-only scan 7%; k + 512 spent more in compactions than it saved.
-        self.best = StreamingTopK(u1 - u0, k, width=k + 1024, ordered=ordered)
+        if best is not None and (len(best.fill) != u1 - u0 or best.k != k):
+            raise ValueError(f"a group's top k: {u1 - u0} users and k = {k}")
+        self.best = group_top_k(u1 - u0, k, ordered) if best is None else best
         self.best.raise_floor(floor)
         # one tile's scores and hits, reused: a fresh 2 MiB array per tile costs page faults
         self._cells = np.empty(self.users_per_tile * self.width, dtype=np.float32)
         self._hits = np.empty(self.users_per_tile * self.width, dtype=bool)
-
-    def push_seed(self, rows: np.ndarray, scores: np.ndarray) -> None:
-        """The group's share of (B, k') rows (-1: none) and scores of the whole scan's users."""
-        rows, scores = rows[self.u0 : self.u1], scores[self.u0 : self.u1]
-        users, slot = np.nonzero(rows >= 0)
-        self.best.push(users, rows[users, slot], scores[users, slot])
 
     def score_chunk(self, scorer: ChunkScorer, prepared: Any, start: int, size: int) -> None:
         candidates = getattr(scorer, "candidates", None)
@@ -432,7 +441,7 @@ def scan(
     progress: bool | None = None,
     cache: PreparedChunks | None = None,
     floor: np.ndarray | None = None,
-    seed: tuple[np.ndarray, np.ndarray] | None = None,
+    tops: list[StreamingTopK] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k best database rows for each of the scorer's users, in one pass over ``db``.
 
@@ -440,8 +449,9 @@ def scan(
     then row ascending. A user with fewer than k' rows of finite score gets row -1 and -inf.
     Without ``floor``, each user's is estimated from a sample, and a user whose estimate
     turned out too high (rare) is scanned once more without it; a given ``floor`` (B,) drops
-    every score below it, and checking that none was needed is the caller's. ``seed``: (B, k')
-    rows and exact scores the caller found (rows the scorer's ``exact`` then gives -inf), in
+    every score below it, and checking that none was needed is the caller's. ``tops``: the
+    streaming top k of each group of :func:`user_groups` (:func:`group_top_k`), holding
+    what the caller found before the scan (rows the scorer's ``exact`` then gives -inf): in
     the result as if scanned.
     """
     from tqdm.auto import tqdm
@@ -456,7 +466,7 @@ def scan(
         disable=None if progress is None else not progress, leave=False,
     )  # fmt: skip
     try:
-        rows, scores = _one_pass(db, scorer, k, chunk_size, floor, bar, cache, seed)
+        rows, scores = _one_pass(db, scorer, k, chunk_size, floor, bar, cache, tops)
         redo = np.flatnonzero(np.isfinite(floor) & (rows[:, -1] < 0) & (not given))
         if len(redo):
             log.debug("scan: %d users again without an estimated floor", len(redo))

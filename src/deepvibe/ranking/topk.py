@@ -157,16 +157,6 @@ class StreamingTopK:
         out_ids[~np.isfinite(out_scores)] = -1
         return out_ids, out_scores
 
-    def kept(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores), each (n_rows, k), of the k best so far in no order (id -1 and score
-        -inf where a row has fewer): :meth:`result` without its sort, for a caller that needs
-        the set and its k-th best (the least score)."""
-        self.settle(np.arange(len(self.fill)))
-        # every row now holds its kept entries in its first min(fill, k) slots
-        ids, scores = self.ids[:, : self.k].copy(), self.scores[:, : self.k].copy()
-        ids[~np.isfinite(scores)] = -1
-        return ids, scores
-
     def _best(self, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the up to k best kept entries of ``rows``, best first."""
         width = max(int(self.fill[rows].max(initial=0)), 1)
