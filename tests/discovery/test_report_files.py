@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pytest
@@ -71,7 +72,7 @@ def _tricky_block(why: bool, base: str) -> rep.DiscoveryBlock:
         mode="standard", source="db", dna=dna, dna_raw=dna * 1e4, dna_percentile=dna * 0 + 50.5,
         tracks=tracks, row_track=row_track, base=base, base_values=np.round(values, 6),
         score=np.round(values[::-1] * 3, 6), offsets=np.concatenate([[0], np.cumsum(counts)]),
-        why=reasons if why else None,
+        why=pd.Categorical(reasons) if why else None,
     )  # fmt: skip
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from pandas.api.types import union_categoricals
 
 from deepvibe.config import Config, DiscoverConfig, config_from_dict
 from deepvibe.data.artists import split_artist_column
@@ -599,7 +600,7 @@ def _history_in_space(
 def _reasons(
     scorer: HybridScorer, inputs: UserInputs, rows: np.ndarray, found: np.ndarray,
     space: TrackSpace, weights: HybridWeights | None = None,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[pd.Categorical, np.ndarray]:  # fmt: skip
     """The ``why`` of each found (user, track), users in order: the part that added most
     under ``weights`` (those that ranked the tracks; default the scorer's), as
     :func:`deepvibe.discovery.hybrid.why` says it; and each pair's DNA cosine (the
@@ -621,22 +622,22 @@ def _reasons(
 
     with ThreadPoolExecutor(min(workers(), len(bounds) - 1)) as pool:
         why, cosine = zip(*pool.map(part, bounds[:-1], bounds[1:]), strict=True)
-    return np.concatenate(why), np.concatenate(cosine)
+    return union_categoricals(why), np.concatenate(cosine)
 
 
 def _reasons_of(
     scorer: HybridScorer, inputs: UserInputs, rows: np.ndarray, found: np.ndarray,
     space: TrackSpace, w: HybridWeights,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[pd.Categorical, np.ndarray]:  # fmt: skip
     """:func:`_reasons` in one thread, under weights ``w``."""
     users, slot = np.nonzero(found)
     picked = rows[users, slot]
     cosine = pair_dots(inputs.dna, space.units, users, picked, _PAIR_ROWS)
     parts = _pair_parts(scorer, inputs, users, picked, cosine, w)
     names = [p for p in PARTS if p in parts]
-    out = np.full(len(users), "", dtype=object)
+    out = _Texts(len(users))
     if not names or not len(users):
-        return out, cosine
+        return out.categorical(), cosine
     weights = w.to_dict()
     contrib = np.empty((len(names), len(users)))  # (P, H), written once: no stacked copies
     for i, p in enumerate(names):
@@ -649,16 +650,16 @@ def _reasons_of(
         pick = np.flatnonzero(said & (best == names.index("artist")))
         n_history = np.diff(history.indptr).astype(np.float32)[users[pick]]
         counts = np.rint(parts["artist"][pick] * n_history).astype(np.int64)  # round(): even
-        out[pick] = _labels(counts, lambda c: f"artist: {c} of your tracks")
+        out.put(pick, counts, lambda c: f"artist: {c} of your tracks")
     if "dna" in names:
         pick = np.flatnonzero(said & (best == names.index("dna")))
         nearest = _nearest_played(users[pick], picked[pick], played, space)
         shown = np.asarray(space.names if space.names is not None else space.track_ids, object)
-        out[pick] = _labels(nearest, lambda t: f"sounds like: {shown[t]}")
-    for part in ("collab", "decoder"):
-        if part in names:
-            out[np.flatnonzero(said & (best == names.index(part)))] = "listeners like you"
-    return out, cosine
+        out.put(pick, nearest, lambda t: f"sounds like: {shown[t]}")
+    others = [names.index(p) for p in ("collab", "decoder") if p in names]
+    pick = np.flatnonzero(said & np.isin(best, others))
+    out.put(pick, np.zeros(len(pick), np.int64), lambda _: "listeners like you")
+    return out.categorical(), cosine
 
 
 def _pair_parts(
@@ -697,12 +698,26 @@ def _nearest_played(
     return out
 
 
-def _labels(keys: np.ndarray, text: Callable[[int], str]) -> np.ndarray:
-    """``text(key)`` for each key, each distinct key formatted once: (H,) object."""
-    if not len(keys):
-        return np.zeros(0, dtype=object)
-    where, uniq = pd.factorize(keys)  # a hash pass: a sort of 1,000,000 keys took 5x longer
-    return np.array([text(int(u)) for u in uniq], dtype=object)[where]
+class _Texts:
+    """(H,) texts as codes into the distinct ones ("" where nothing is said), each distinct
+    key formatted once: no object array of a million strings, made and then copied."""
+
+    def __init__(self, n: int) -> None:
+        self.codes = np.zeros(n, np.int64)
+        self.texts = [""]
+
+    def put(self, at: np.ndarray, keys: np.ndarray, text: Callable[[int], str]) -> None:
+        """Rows ``at`` say ``text(key)`` for their (len(at),) int keys."""
+        if not len(at):
+            return
+        where, uniq = pd.factorize(keys)  # a hash pass: a sort of 10^6 keys took 5x longer
+        self.codes[at] = len(self.texts) + where
+        self.texts += [text(int(u)) for u in uniq]
+
+    def categorical(self) -> pd.Categorical:
+        # two keys may say the same (two played tracks of one name): one category each
+        texts, back = np.unique(np.asarray(self.texts, dtype=object), return_inverse=True)
+        return pd.Categorical.from_codes(back.ravel()[self.codes], categories=texts)
 
 
 @dataclass(frozen=True)
@@ -713,7 +728,7 @@ class _Hits:
     track: np.ndarray  # (H,) row of the block's distinct tracks
     base: np.ndarray  # (H,) similarity or decoder score
     score: np.ndarray  # (H,) final score
-    why: np.ndarray | None = None  # (H,) str: the hybrid's reason (None: no such column)
+    why: pd.Categorical | None = None  # (H,) the hybrid's reason (None: no such column)
 
 
 def _first_n_per_user(hits: _Hits, n_users: int, n: int) -> _Hits:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,7 +82,9 @@ class DiscoveryBlock:
     base_values: np.ndarray  # (R,) rounded to 6 decimals
     score: np.ndarray  # (R,) rounded to 6 decimals
     offsets: np.ndarray  # (b + 1,)
-    why: np.ndarray | None = None  # (R,) str: the hybrid's reason per row (None: no column)
+    # (R,) the hybrid's reason per row, as categories (a few hundred distinct texts per
+    # block, made safe and escaped once each, not once per row); None: no such column
+    why: pd.Categorical | None = None
 
     def __len__(self) -> int:
         return len(self.users)
@@ -111,7 +113,7 @@ class DiscoveryBlock:
         frame.insert(5, self.base, self.base_values)
         frame.insert(6, "score", self.score)
         if self.why is not None:
-            frame["why"] = self.why
+            frame["why"] = np.asarray(self.why, dtype=object)
         return frame[self.columns]
 
     def arrow(self, safe_text: bool = False, users: slice = slice(None)) -> pa.Table:
@@ -130,8 +132,7 @@ class DiscoveryBlock:
         columns[self.base] = pa.array(self.base_values[rows])
         columns["score"] = pa.array(self.score[rows])
         if self.why is not None:
-            why = pa.array(self.why[rows], pa.string())
-            columns["why"] = _safe_text(why) if safe_text else why
+            columns["why"] = self._reasons(rows, _safe_text if safe_text else None)
         columns["spotify_url"] = tracks.column("spotify_url")
         return pa.table(columns)
 
@@ -153,13 +154,24 @@ class DiscoveryBlock:
                  _csv_number(pa.array(self.base_values[rows])),
                  _csv_number(pa.array(self.score[rows]))]  # fmt: skip
         if self.why is not None:
-            cells.append(_csv_text(_escaped(_safe_text(pa.array(self.why[rows], pa.string())))))
+            cells.append(self._reasons(rows, lambda text: _csv_text(_escaped(_safe_text(text)))))
         cells.append(tail.take(track))
         text = pc.binary_join_element_wise(*cells, _large(","))  # (R,) one line per row
         ends = np.frombuffer(text.buffers()[1], np.int64, len(text) + 1, 8 * text.offset)
         data = text.buffers()[2]
         starts = ends[self.offsets[first : last + 1] - self.offsets[first]]
         return (memoryview(data) if data is not None else memoryview(b"")), starts
+
+    def _reasons(self, rows: slice, form: Callable[[pa.Array], pa.Array] | None) -> pa.Array:
+        """The ``why`` of ``rows`` as Arrow strings, each distinct text put in ``form`` once."""
+        import pyarrow as pa
+
+        assert self.why is not None
+        texts = pa.array([*self.why.categories, None], pa.string())  # last: a missing one
+        if form is not None:
+            texts = _one_array(form(texts))
+        codes = self.why.codes[rows]
+        return texts.take(pa.array(np.where(codes < 0, len(texts) - 1, codes)))
 
     @functools.cached_property
     def _csv_tracks(self) -> tuple[pa.Array, pa.Array]:
