@@ -192,3 +192,27 @@ def test_scan_floor_guess_that_is_too_high_is_rescanned(toy, tmp_path, monkeypat
     monkeypatch.setattr(sc, "_estimated_floor", lambda db, scorer, k: np.full(5, 0.999))
     got = sc.scan(db, sc.DnaScorer(dna, scaler), 30, chunk_size=500)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_scan_goes_on_with_the_given_tops_of_its_user_groups(toy, tmp_path) -> None:
+    """``tops`` (one per user group) are the scan's own top-k buffers: a scan into empty
+    ones equals a plain scan, and one into buffers that hold rows keeps them; they need the
+    floor they were filled above, and one per group."""
+    frame = toy.database.iloc[:3000]
+    frame.to_csv(tmp_path / "db.csv", index=False)
+    db = _open(tmp_path / "db.csv")
+    dna = np.random.default_rng(2).normal(size=(70, len(FEATURES)))
+    scorer, floor = sc.DnaScorer(dna, _scaler(frame)), np.full(70, -np.inf)
+    groups = sc.user_groups(70)
+    want = sc.scan(db, scorer, 40, chunk_size=700, floor=floor)
+    tops = [sc.group_top_k(b - a, 40) for a, b in groups]
+    got = sc.scan(db, scorer, 40, chunk_size=700, floor=floor, tops=tops)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    held = [sc.group_top_k(b - a, 40, ordered=False) for a, b in groups]
+    held[0].push(np.array([0]), np.array([10**6]), np.array([2.0]))  # above any similarity
+    rows, _ = sc.scan(db, scorer, 40, chunk_size=700, floor=floor, tops=held)
+    assert rows[0, 0] == 10**6 and np.array_equal(rows[0, 1:], want[0][0, :-1])
+    with pytest.raises(ValueError, match="floor"):
+        sc.scan(db, scorer, 40, tops=[sc.group_top_k(b - a, 40) for a, b in groups])
+    with pytest.raises(ValueError, match="one per user group"):
+        sc.scan(db, scorer, 40, floor=floor, tops=[*tops, tops[0]])

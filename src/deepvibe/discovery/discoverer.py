@@ -616,7 +616,7 @@ def _reasons(
         return _reasons_of(scorer, inputs, rows, found, space, w)
     bounds = np.append(np.arange(0, n_users, _REASON_USERS), n_users)
 
-    def part(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+    def part(a: int, b: int) -> tuple[pd.Categorical, np.ndarray]:
         mine = inputs.select(slice(a, b))
         return _reasons_of(scorer, mine, rows[a:b], found[a:b], space, w)
 

@@ -339,8 +339,9 @@ class HybridChunkScorer:
     ) -> np.ndarray:
         """:meth:`_bars` of segments g0:g1, from those made for the next ``_BAR_SEGMENTS``
         segments at once (per tile, the few small steps cost as much as the comparison).
-        Bounds only rise, so bars made with an earlier one are at most the current ones:
-        a few more pairs scored exactly, never one missed. One entry per worker's users."""
+        Bounds only rise during a scan (and a scorer serves one: rank_database makes one per
+        call), so bars made with an earlier bound are at most the current ones: a few more
+        pairs scored exactly, never one missed. One entry per worker's users."""
         if not isinstance(users, slice):  # some users only (live): made for the tile
             return self._bars(users, g0, g1, bound)
         key = (users.start, users.stop)

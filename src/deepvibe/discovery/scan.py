@@ -458,6 +458,8 @@ def scan(
 
     k = max(1, min(int(k), db.n_tracks))
     given = floor is not None
+    if tops is not None and not given:  # a user scanned again would lose what they hold
+        raise ValueError("scan: tops need the floor they were filled above")
     if floor is None:
         with single_threaded_blas():
             floor = _estimated_floor(db, scorer, k)
