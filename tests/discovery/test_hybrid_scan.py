@@ -280,7 +280,7 @@ def test_segment_rooms_bound_the_lift_of_every_track_in_their_segment(weights) -
     order = hybrid_scan._artist_order(scorer)
     strong = hybrid_scan._long_artists(scorer, inputs, weights, order)
     done = np.zeros(strong.lift.shape, bool)  # nothing ranked before the scan
-    rooms = hybrid_scan._segment_rooms(scorer, inputs, weights, order, strong, done, None, False)
+    rooms = hybrid_scan._segment_rooms(scorer, inputs, weights, strong, done, None, False)
     n = len(order.rows)
     lifts = replace(weights, dna=0.0, decoder=0.0)
     pairs = hybrid_scan.PairScorer(scorer, inputs, lifts, None)

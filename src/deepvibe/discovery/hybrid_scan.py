@@ -892,9 +892,7 @@ def _pruned(
         if banned is not None:  # nor candidates in the scan
             here = (banned[0] >= a) & (banned[0] < b)
             done[banned[0][here] - a, banned[1][here]] = True
-        _segment_rooms(
-            scorer, mine, w, order, sub, done, excluded.artists, catalogue_done, rooms[a:b]
-        )
+        _segment_rooms(scorer, mine, w, sub, done, excluded.artists, catalogue_done, rooms[a:b])
         outside = _segments(scorer).outside
         _rank_dense_segments(best, runs, outside, rooms[a:b], spread[a:b], done, strong.column)
         top = np.max(rooms[a:b], axis=1, where=np.isfinite(rooms[a:b]), initial=0.0)
@@ -946,9 +944,9 @@ def _long_artists(
 
 
 def _segment_rooms(
-    scorer: HybridScorer, users: UserInputs, w: HybridWeights, order: ArtistOrder,
-    strong: StrongArtists, done: np.ndarray, banned: sp.csr_matrix | None,
-    catalogue_done: bool, out: np.ndarray | None = None,
+    scorer: HybridScorer, users: UserInputs, w: HybridWeights, strong: StrongArtists,
+    done: np.ndarray, banned: sp.csr_matrix | None, catalogue_done: bool,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:  # fmt: skip
     """(U, G) float64: per user and segment of the scan order, at least the lift (share and
     collab parts, weighted) of any track there that can still be a candidate; -inf where none
